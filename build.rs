@@ -1,0 +1,52 @@
+//! Compile-time half of the bundle: copies the chat page from `web/` into the build, with a gzip copy of each
+//! text file so the server can send it compressed without compressing per request, and records build info.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+fn main() {
+    println!("cargo:rerun-if-changed=web");
+    let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("web");
+    if out.exists() {
+        fs::remove_dir_all(&out).expect("clear the old page copy");
+    }
+    copy_page(Path::new("web"), &out);
+
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=STOVE_COMMIT={commit}");
+}
+
+fn copy_page(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("create the page copy");
+    for entry in fs::read_dir(from).expect("web/ exists") {
+        let path = entry.expect("read web/").path();
+        let target = to.join(path.file_name().expect("a file name"));
+        if path.is_dir() {
+            copy_page(&path, &target);
+            continue;
+        }
+        let data = fs::read(&path).expect("read a page file");
+        fs::write(&target, &data).expect("write a page file");
+        let compressible = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("html" | "js" | "mjs" | "css" | "svg" | "json" | "txt" | "md")
+        );
+        if compressible {
+            let mut gz = GzEncoder::new(Vec::new(), Compression::best());
+            gz.write_all(&data).expect("compress in memory");
+            let mut name = target.into_os_string();
+            name.push(".gz");
+            fs::write(name, gz.finish().expect("compress in memory")).expect("write a gzip copy");
+        }
+    }
+}

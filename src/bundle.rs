@@ -1,0 +1,320 @@
+//! The payload a bundle carries after its engine, and how stove finds and checks it.
+//!
+//! A bundle is the stove executable followed by a ZIP archive (so `unzip -l bundle` lists it, as with
+//! llamafile). The archive holds, in this order:
+//!
+//! | entry                 | what                                                         |
+//! |-----------------------|--------------------------------------------------------------|
+//! | `stove/model.gguf`    | the GGUF, stored, its first byte at a 64 KiB-aligned offset  |
+//! | `stove/manifest.json` | [`Manifest`]: what the model is and who packed it            |
+//! | `stove/args.json`     | optional default arguments, a JSON array of strings          |
+//! | `web/...`             | optional chat page files that replace the built-in ones      |
+//!
+//! The model comes first so that a bundle cut short (a copy to a USB stick that did not finish) can still be
+//! recognised from its first entry's header, and reported as truncated rather than as "no model".
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zip::CompressionMethod;
+
+use crate::gguf::{self, GgufError, GgufInfo};
+
+pub const MODEL_ENTRY: &str = "stove/model.gguf";
+pub const MANIFEST_ENTRY: &str = "stove/manifest.json";
+pub const ARGS_ENTRY: &str = "stove/args.json";
+pub const WEB_PREFIX: &str = "web/";
+
+/// The GGUF's first byte sits at a multiple of this, so it can be mapped with 4K, 16K or 64K pages.
+pub const MODEL_ALIGNMENT: u64 = 64 * 1024;
+/// The bundle format this stove writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest chat page override stove will load into memory.
+const MAX_WEB_BYTES: u64 = 64 << 20;
+
+/// `stove/manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    /// The name shown on the page and in `/v1/models`.
+    pub name: String,
+    pub stove_version: String,
+    /// Bytes of the engine before the payload; packing onto a bundle keeps only these.
+    pub engine_len: u64,
+    pub model: ModelManifest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelManifest {
+    pub file_name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub architecture: String,
+    pub parameters: u64,
+    pub quantization: String,
+    pub context_length: Option<u64>,
+    pub has_chat_template: bool,
+}
+
+/// Where the bytes of a GGUF are: a whole `.gguf` file, or an entry inside a bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpan {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl ModelSpan {
+    /// Reads the GGUF header inside this span.
+    pub fn read_info(&self) -> Result<GgufInfo, BundleError> {
+        let file = open(&self.path)?;
+        gguf::read_info(file, self.offset, self.len)
+            .map_err(|source| BundleError::BadModel { path: self.path.clone(), source })
+    }
+}
+
+/// A bundle's payload, checked against the real file.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+    pub model: ModelSpan,
+    pub default_args: Vec<String>,
+    /// Files under `web/` in the payload, with that prefix removed.
+    pub web: Vec<(String, Vec<u8>)>,
+}
+
+/// A model to serve: a bundle's, or a bare GGUF's.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    Bundle(Box<Bundle>),
+    Gguf(ModelSpan),
+}
+
+impl ModelSource {
+    pub fn span(&self) -> &ModelSpan {
+        match self {
+            ModelSource::Bundle(bundle) => &bundle.model,
+            ModelSource::Gguf(span) => span,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is truncated: it is {actual} bytes but its model needs {expected}. \
+         It was probably copied incompletely; copy it again from the original"
+    )]
+    Truncated { path: PathBuf, expected: u64, actual: u64 },
+    #[error(
+        "{path} is truncated: its model is complete but the archive index at its end is missing. \
+         It was probably copied incompletely; copy it again from the original"
+    )]
+    IndexMissing { path: PathBuf },
+    #[error("{path} holds a damaged stove payload: {reason}. Pack it again with `stove pack`")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path} is neither a GGUF model nor a stove bundle")]
+    NotAModel { path: PathBuf },
+    #[error("{path}: the model inside is not a usable GGUF: {source}")]
+    BadModel { path: PathBuf, source: GgufError },
+}
+
+fn open(path: &Path) -> Result<File, BundleError> {
+    File::open(path).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io { path: path.to_path_buf(), source }
+}
+
+/// Opens what `--model` names: a `.gguf`, or any file holding a stove payload.
+pub fn open_model(path: &Path) -> Result<ModelSource, BundleError> {
+    let mut file = open(path)?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut magic = [0u8; 4];
+    let n = file.read(&mut magic).map_err(io_err(path))?;
+    if n == 4 && &magic == b"GGUF" {
+        let span = ModelSpan { path: path.to_path_buf(), offset: 0, len };
+        span.read_info()?;
+        return Ok(ModelSource::Gguf(span));
+    }
+    match Bundle::find(path)? {
+        Some(bundle) => Ok(ModelSource::Bundle(Box::new(bundle))),
+        None => Err(BundleError::NotAModel { path: path.to_path_buf() }),
+    }
+}
+
+impl Bundle {
+    /// Finds the payload at the end of `path`. `Ok(None)` means the file carries none (a bare engine).
+    pub fn find(path: &Path) -> Result<Option<Bundle>, BundleError> {
+        let mut file = open(path)?;
+        let file_len = file.metadata().map_err(io_err(path))?.len();
+        let mut archive = match zip::ZipArchive::new(&mut file) {
+            Ok(archive) => archive,
+            // No readable archive index at the end: a bare engine, or a bundle whose end was cut off.
+            Err(_) => {
+                return match find_model_header_end(&mut open(path)?, path, file_len)? {
+                    None => Ok(None),
+                    Some(expected) if expected > file_len => {
+                        Err(BundleError::Truncated { path: path.to_path_buf(), expected, actual: file_len })
+                    }
+                    Some(_) => Err(BundleError::IndexMissing { path: path.to_path_buf() }),
+                }
+            }
+        };
+        let (model_offset, model_len) = {
+            let entry = match archive.by_name(MODEL_ENTRY) {
+                Ok(entry) => entry,
+                Err(zip::result::ZipError::FileNotFound) => return Ok(None),
+                Err(e) => return Err(corrupt(path, format!("cannot read {MODEL_ENTRY}: {e}"))),
+            };
+            if entry.compression() != CompressionMethod::Stored {
+                return Err(corrupt(path, format!("{MODEL_ENTRY} is compressed, so it cannot be mapped")));
+            }
+            let offset =
+                entry.data_start().ok_or_else(|| corrupt(path, format!("{MODEL_ENTRY} has no data offset")))?;
+            (offset, entry.size())
+        };
+        check_span_fits(path, model_offset, model_len, file_len)?;
+        if model_offset % 32 != 0 {
+            return Err(corrupt(path, format!("the model starts at byte {model_offset}, not 32-byte aligned")));
+        }
+        let manifest: Manifest = serde_json::from_slice(&read_entry(&mut archive, path, MANIFEST_ENTRY, 1 << 20)?)
+            .map_err(|e| corrupt(path, format!("{MANIFEST_ENTRY} is not valid: {e}")))?;
+        if manifest.format > FORMAT_VERSION {
+            return Err(corrupt(
+                path,
+                format!(
+                    "it uses bundle format {} but this stove reads up to {FORMAT_VERSION}; use a newer stove",
+                    manifest.format
+                ),
+            ));
+        }
+        if manifest.engine_len > model_offset {
+            return Err(corrupt(path, "the manifest's engine length runs into the model".into()));
+        }
+        let default_args = match archive.index_for_name(ARGS_ENTRY) {
+            Some(_) => serde_json::from_slice(&read_entry(&mut archive, path, ARGS_ENTRY, 1 << 20)?)
+                .map_err(|e| corrupt(path, format!("{ARGS_ENTRY} is not a JSON array of strings: {e}")))?,
+            None => Vec::new(),
+        };
+        let web_names: Vec<String> = archive
+            .file_names_raw()
+            .filter_map(|name| std::str::from_utf8(name).ok())
+            .filter(|name| name.starts_with(WEB_PREFIX) && !name.ends_with('/'))
+            .map(str::to_owned)
+            .collect();
+        let mut web = Vec::with_capacity(web_names.len());
+        let mut web_bytes = 0;
+        for name in web_names {
+            let data = read_entry(&mut archive, path, &name, MAX_WEB_BYTES - web_bytes)?;
+            web_bytes += data.len() as u64;
+            web.push((name[WEB_PREFIX.len()..].to_string(), data));
+        }
+        let model = ModelSpan { path: path.to_path_buf(), offset: model_offset, len: model_len };
+        Ok(Some(Bundle { path: path.to_path_buf(), manifest, model, default_args, web }))
+    }
+}
+
+/// How many bytes of `path` are the engine: everything before the payload, or the whole file if it has none.
+pub fn engine_len(path: &Path) -> Result<u64, BundleError> {
+    match Bundle::find(path)? {
+        Some(bundle) => Ok(bundle.manifest.engine_len),
+        None => Ok(open(path)?.metadata().map_err(io_err(path))?.len()),
+    }
+}
+
+fn corrupt(path: &Path, reason: String) -> BundleError {
+    BundleError::Corrupt { path: path.to_path_buf(), reason }
+}
+
+fn check_span_fits(path: &Path, offset: u64, len: u64, file_len: u64) -> Result<(), BundleError> {
+    let end = offset.checked_add(len).ok_or_else(|| corrupt(path, "the model's size overflows".into()))?;
+    if end > file_len {
+        return Err(BundleError::Truncated { path: path.to_path_buf(), expected: end, actual: file_len });
+    }
+    Ok(())
+}
+
+fn read_entry(
+    archive: &mut zip::ZipArchive<&mut File>,
+    path: &Path,
+    name: &str,
+    limit: u64,
+) -> Result<Vec<u8>, BundleError> {
+    let entry = archive.by_name(name).map_err(|e| corrupt(path, format!("cannot read {name}: {e}")))?;
+    if entry.size() > limit {
+        return Err(corrupt(path, format!("{name} is {} bytes, more than stove accepts", entry.size())));
+    }
+    let mut data = Vec::with_capacity(entry.size() as usize);
+    entry.take(limit).read_to_end(&mut data).map_err(|e| corrupt(path, format!("cannot read {name}: {e}")))?;
+    Ok(data)
+}
+
+/// Scanning for a cut-off bundle's first entry stops after this many bytes: engines are far smaller.
+const ENGINE_SCAN_LIMIT: u64 = 4 << 30;
+
+/// In a file with no archive index at its end, finds a stove model entry's local header and returns where
+/// that model's data would end; `None` if there is no such header (a bare engine, or some other file).
+fn find_model_header_end(file: &mut File, path: &Path, file_len: u64) -> Result<Option<u64>, BundleError> {
+    const LOCAL_HEADER: &[u8; 4] = b"PK\x03\x04";
+    const FIXED: usize = 30;
+    let name = MODEL_ENTRY.as_bytes();
+    let finder = memchr::memmem::Finder::new(name);
+    let mut buf = vec![0u8; 8 << 20];
+    let overlap = FIXED + name.len();
+    let mut chunk_start: u64 = 0;
+    let scan_end = file_len.min(ENGINE_SCAN_LIMIT);
+    while chunk_start < scan_end {
+        file.seek(SeekFrom::Start(chunk_start)).map_err(io_err(path))?;
+        let want = buf.len().min((file_len - chunk_start) as usize);
+        file.read_exact(&mut buf[..want]).map_err(io_err(path))?;
+        let chunk = &buf[..want];
+        for at in finder.find_iter(chunk) {
+            let Some(header) = at.checked_sub(FIXED).map(|h| &chunk[h..at]) else { continue };
+            let name_len = u16::from_le_bytes([header[26], header[27]]) as usize;
+            if &header[..4] != LOCAL_HEADER || name_len != name.len() {
+                continue;
+            }
+            let extra_len = u16::from_le_bytes([header[28], header[29]]) as u64;
+            let data_start = chunk_start + (at + name.len()) as u64 + extra_len;
+            let mut size = u32::from_le_bytes(header[18..22].try_into().expect("4 bytes")) as u64;
+            if size == u32::MAX as u64 {
+                // ZIP64: the real sizes are in extra field 0x0001 (uncompressed, then compressed).
+                let mut extra = vec![0u8; extra_len as usize];
+                file.seek(SeekFrom::Start(data_start - extra_len)).map_err(io_err(path))?;
+                file.read_exact(&mut extra).map_err(|_| BundleError::Truncated {
+                    path: path.to_path_buf(),
+                    expected: data_start,
+                    actual: file_len,
+                })?;
+                size = zip64_size(&extra).unwrap_or(u64::MAX - data_start);
+            }
+            return Ok(Some(data_start.saturating_add(size)));
+        }
+        if chunk_start + want as u64 >= file_len {
+            break;
+        }
+        chunk_start += (want - overlap) as u64;
+    }
+    Ok(None)
+}
+
+/// The uncompressed size from a ZIP64 extended information extra field in a local header.
+fn zip64_size(mut extra: &[u8]) -> Option<u64> {
+    while extra.len() >= 4 {
+        let id = u16::from_le_bytes([extra[0], extra[1]]);
+        let len = u16::from_le_bytes([extra[2], extra[3]]) as usize;
+        let body = extra.get(4..4 + len)?;
+        if id == 0x0001 && len >= 8 {
+            return Some(u64::from_le_bytes(body[..8].try_into().ok()?));
+        }
+        extra = &extra[4 + len..];
+    }
+    None
+}

@@ -1,0 +1,79 @@
+//! `stove chat`: the model in a terminal, for SSH sessions and headless machines. With `-p` it answers one
+//! prompt on standard output (nothing else goes there), so it can be used in scripts.
+
+use std::io::{self, BufRead, IsTerminal, Write};
+
+use anyhow::{bail, Result};
+
+use crate::bundle::ModelSource;
+use crate::cli::{ChatArgs, RunArgs};
+use crate::engine::{ChatMessage, Engine, Event, Finish, Prompt, Request};
+use crate::serve::engine_config;
+
+pub fn run(source: &ModelSource, run: &RunArgs, args: &ChatArgs) -> Result<()> {
+    let engine = Engine::start(source, engine_config(run))?;
+    engine.wait_ready()?;
+    let request = |messages: Vec<ChatMessage>| Request {
+        prompt: Prompt::Chat(messages),
+        sampling: run.sampling(),
+        max_tokens: args.max_tokens,
+        stop: Vec::new(),
+    };
+
+    if let Some(prompt) = &args.prompt {
+        let messages = vec![ChatMessage { role: "user".into(), content: prompt.clone() }];
+        answer(&engine, request(messages), &mut io::stdout().lock())?;
+        println!();
+        return Ok(());
+    }
+
+    let interactive = io::stdin().is_terminal();
+    if interactive {
+        eprintln!("chatting with {}; an empty line or Ctrl-D ends", engine.info().name);
+    }
+    let mut history: Vec<ChatMessage> = Vec::new();
+    let mut lines = io::stdin().lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+            io::stderr().flush()?;
+        }
+        let Some(line) = lines.next().transpose()? else { break };
+        let line = line.trim();
+        if line.is_empty() {
+            if interactive {
+                break;
+            }
+            continue;
+        }
+        history.push(ChatMessage { role: "user".into(), content: line.to_string() });
+        let mut out = io::stdout().lock();
+        let (text, finish) = answer(&engine, request(history.clone()), &mut out)?;
+        writeln!(out)?;
+        if interactive {
+            let speed = f64::from(finish.completion_tokens) * 1000.0 / finish.generation_ms.max(1.0);
+            eprintln!("({} tokens, {speed:.0} tokens/s)", finish.completion_tokens);
+        }
+        history.push(ChatMessage { role: "assistant".into(), content: text });
+    }
+    Ok(())
+}
+
+/// Streams one answer to `out` as it is generated; returns its text.
+fn answer(engine: &Engine, request: Request, out: &mut impl Write) -> Result<(String, Finish)> {
+    let mut events = engine.submit(request)?;
+    let mut text = String::new();
+    while let Some(event) = events.blocking_recv() {
+        match event {
+            Event::Started { .. } => {}
+            Event::Text(piece) => {
+                out.write_all(piece.as_bytes())?;
+                out.flush()?;
+                text.push_str(&piece);
+            }
+            Event::Done(finish) => return Ok((text, finish)),
+            Event::Failed(error) => return Err(error.into()),
+        }
+    }
+    bail!("the engine stopped in the middle of the answer")
+}

@@ -1,0 +1,209 @@
+//! The command line: what each flag means, and how a bundle's default arguments merge in before the user's.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::SamplingParams;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stove",
+    version,
+    about = "Pack a GGUF model into one executable that serves a local chat page and an OpenAI-compatible API",
+    long_about = None,
+    // A bundle's default arguments come first; a flag the user repeats replaces the default.
+    args_override_self = true,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the chat page and the API (the default when no command is given)
+    Serve,
+    /// Chat in the terminal, or answer one prompt with -p
+    Chat(ChatArgs),
+    /// Write a single executable holding this engine and a model
+    Pack(PackArgs),
+    /// Show what a bundle or GGUF holds and what this machine has
+    Info(InfoArgs),
+}
+
+/// Options for serving and chatting; a bundle's default arguments may set any of them.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// A GGUF model or a stove bundle to use instead of the model packed in this file
+    #[arg(short, long, global = true, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Address to listen on; anything but loopback exposes the model to the network
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on; if taken, the next free one is used. 0 picks any free port
+    #[arg(long, global = true, default_value_t = 8080)]
+    pub port: u16,
+    /// Context size in tokens (0: the model's trained context) [default: 4096, at most the trained context]
+    #[arg(short = 'c', long, global = true, value_name = "TOKENS")]
+    pub ctx_size: Option<u32>,
+    /// CPU threads [default: the number of physical cores]
+    #[arg(short, long, global = true)]
+    pub threads: Option<usize>,
+    /// Tokens processed per step while reading the prompt
+    #[arg(long, global = true, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Layers to put on the GPU, when there is one (-1: all)
+    #[arg(long, global = true, default_value_t = -1, allow_negative_numbers = true)]
+    pub gpu_layers: i32,
+    /// Read the weights into memory instead of mapping them from the file
+    #[arg(long, global = true)]
+    pub no_mmap: bool,
+    /// System prompt used when a conversation has none
+    #[arg(long, global = true)]
+    pub system_prompt: Option<String>,
+    /// Default sampling temperature (0: always the most likely token)
+    #[arg(long, global = true, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Default top-k sampling (0: off)
+    #[arg(long, global = true, default_value_t = 40)]
+    pub top_k: i32,
+    /// Default top-p (nucleus) sampling
+    #[arg(long, global = true, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Default min-p sampling
+    #[arg(long, global = true, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Default seed, for answers that repeat exactly
+    #[arg(long, global = true)]
+    pub seed: Option<u32>,
+    /// Open the chat page in the default browser once ready
+    #[arg(long, global = true, conflicts_with = "no_browser")]
+    pub browser: bool,
+    /// Do not open a browser, even when started without a terminal
+    #[arg(long, global = true)]
+    pub no_browser: bool,
+    /// Show llama.cpp's own log lines
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ChatArgs {
+    /// Answer this one prompt on standard output, then exit
+    #[arg(short, long)]
+    pub prompt: Option<String>,
+    /// Most tokens per answer
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PackArgs {
+    /// Where to write the bundle
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// Name shown on the page and in /v1/models [default: the GGUF's general.name]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Pack onto this engine instead of the running one
+    #[arg(long, value_name = "PATH")]
+    pub engine: Option<PathBuf>,
+    /// A folder with an index.html that replaces the built-in chat page
+    #[arg(long, value_name = "DIR")]
+    pub web: Option<PathBuf>,
+    /// Default arguments for the bundle, applied before its command line's own
+    #[arg(last = true, value_name = "DEFAULT ARGS")]
+    pub default_args: Vec<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct InfoArgs {
+    /// A bundle or GGUF [default: this executable]
+    pub file: Option<PathBuf>,
+}
+
+impl Cli {
+    /// Parses `user_args` (program name first) after `defaults` from a bundle.
+    pub fn parse_with_defaults(defaults: &[String], user_args: &[OsString]) -> Result<Cli, clap::Error> {
+        let mut args = Vec::with_capacity(defaults.len() + user_args.len());
+        args.extend(user_args.first().cloned());
+        args.extend(defaults.iter().map(OsString::from));
+        args.extend(user_args.iter().skip(1).cloned());
+        Cli::try_parse_from(args)
+    }
+}
+
+/// Checks that a bundle's default arguments are options stove understands, so a typo fails at pack time.
+pub fn check_default_args(args: &[String]) -> Result<(), String> {
+    let cli = Cli::parse_with_defaults(args, &[OsString::from("stove")]).map_err(|e| e.to_string())?;
+    if cli.command.is_some() {
+        return Err("default arguments cannot name a command".into());
+    }
+    if cli.run.model.is_some() {
+        return Err("default arguments cannot set --model; the bundle's model is the one packed".into());
+    }
+    Ok(())
+}
+
+impl RunArgs {
+    pub fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            seed: self.seed,
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads.filter(|&t| t > 0).unwrap_or_else(crate::hardware::default_threads)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn user_flags_override_bundle_defaults() {
+        let defaults = vec!["--port".to_string(), "9000".into(), "--ctx-size".into(), "2048".into()];
+        let cli = Cli::parse_with_defaults(&defaults, &args(&["stove", "--port", "9100"])).unwrap();
+        assert_eq!(cli.run.port, 9100);
+        assert_eq!(cli.run.ctx_size, Some(2048));
+    }
+
+    #[test]
+    fn defaults_apply_to_subcommands_too() {
+        let defaults = vec!["--system-prompt".to_string(), "Be brief.".into()];
+        let cli = Cli::parse_with_defaults(&defaults, &args(&["stove", "chat", "-p", "hi"])).unwrap();
+        assert_eq!(cli.run.system_prompt.as_deref(), Some("Be brief."));
+        assert!(matches!(cli.command, Some(Command::Chat(ChatArgs { prompt: Some(_), .. }))));
+    }
+
+    #[test]
+    fn bad_default_args_are_caught_at_pack_time() {
+        assert!(check_default_args(&["--ctx-size".into(), "2048".into()]).is_ok());
+        assert!(check_default_args(&["--ctx-sise".into(), "2048".into()]).is_err());
+        assert!(check_default_args(&["chat".into()]).is_err());
+        assert!(check_default_args(&["--model".into(), "x.gguf".into()]).is_err());
+    }
+
+    #[test]
+    fn pack_takes_default_args_after_a_double_dash() {
+        let cli =
+            Cli::try_parse_from(args(&["stove", "pack", "-m", "a.gguf", "-o", "out", "--", "--port", "1"])).unwrap();
+        let Some(Command::Pack(pack)) = cli.command else { panic!("not pack") };
+        assert_eq!(pack.default_args, vec!["--port", "1"]);
+        assert_eq!(cli.run.model, Some(PathBuf::from("a.gguf")));
+    }
+}

@@ -1,0 +1,78 @@
+//! The one place stove calls llama.cpp directly: loading a GGUF that starts at an offset inside a larger
+//! file, which llama-cpp-2 0.1.160 does not wrap. Everything else goes through llama-cpp-2's safe API.
+
+use std::ffi::CString;
+use std::path::Path;
+use std::ptr::NonNull;
+
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::LlamaModel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: String, source: std::io::Error },
+    #[error("cannot seek to byte {offset} of {path}: {source}")]
+    Seek { path: String, offset: u64, source: std::io::Error },
+    #[error("llama.cpp could not load the model in {path} (run with --verbose to see why)")]
+    Rejected { path: String },
+}
+
+// `transmute` below turns the pointer into a `LlamaModel`; that is sound only while `LlamaModel` stays
+// `#[repr(transparent)]` over `Ptr<llama_model>`, itself `#[repr(transparent)]` over `NonNull<llama_model>`.
+// This checks the size at compile time; the layout is part of llama-cpp-2's public declaration.
+const _: () = assert!(size_of::<LlamaModel>() == size_of::<NonNull<llama_cpp_sys_2::llama_model>>());
+
+/// Loads the GGUF that starts at byte `offset` of `path`, memory-mapping its weights from that file when
+/// `use_mmap` is set (llama.cpp maps when the GGUF's data section is 32-byte aligned in the file).
+///
+/// `_backend` proves llama.cpp was initialised, as `LlamaModel::load_from_file` asks.
+pub fn load_model_at(
+    _backend: &LlamaBackend,
+    path: &Path,
+    offset: u64,
+    use_mmap: bool,
+    n_gpu_layers: i32,
+) -> Result<LlamaModel, LoadError> {
+    let shown = path.display().to_string();
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| LoadError::Open {
+        path: shown.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path contains a NUL byte"),
+    })?;
+    let offset_c = libc::off_t::try_from(offset).map_err(|_| LoadError::Seek {
+        path: shown.clone(),
+        offset,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large"),
+    })?;
+
+    // SAFETY: `c_path` and the mode are NUL-terminated strings that outlive the call.
+    let file = unsafe { libc::fopen(c_path.as_ptr(), c"rb".as_ptr()) };
+    if file.is_null() {
+        return Err(LoadError::Open { path: shown, source: std::io::Error::last_os_error() });
+    }
+    // SAFETY: `file` is a valid FILE* from fopen, not yet closed.
+    if unsafe { libc::fseeko(file, offset_c, libc::SEEK_SET) } != 0 {
+        let source = std::io::Error::last_os_error();
+        // SAFETY: as above; closed exactly once.
+        unsafe { libc::fclose(file) };
+        return Err(LoadError::Seek { path: shown, offset, source });
+    }
+
+    // SAFETY: default params from llama.cpp, two plain fields changed; no callbacks or pointers are set.
+    let mut params = unsafe { llama_cpp_sys_2::llama_model_default_params() };
+    params.load_mode =
+        if use_mmap { llama_cpp_sys_2::LLAMA_LOAD_MODE_MMAP } else { llama_cpp_sys_2::LLAMA_LOAD_MODE_NONE };
+    params.n_gpu_layers = n_gpu_layers;
+    // SAFETY: `file` is open and positioned at the GGUF. llama.cpp reads from the current position and does not
+    // take ownership of the FILE (llama_file's `owns_fp` is false for this constructor); the model it returns
+    // keeps its own mapping of the file, not the FILE*, so closing it afterwards is fine. `libc::FILE` and
+    // bindgen's `FILE` are the same C type.
+    let model = unsafe { llama_cpp_sys_2::llama_model_load_from_file_ptr(file.cast(), params) };
+    // SAFETY: closed exactly once, after llama.cpp is done with it.
+    unsafe { libc::fclose(file) };
+
+    let model = NonNull::new(model).ok_or(LoadError::Rejected { path: shown })?;
+    // SAFETY: layout checked above; `model` is a live llama_model that nothing else owns, and `LlamaModel`'s
+    // Drop frees it with llama_model_free, which is how a model from this loader must be freed.
+    Ok(unsafe { std::mem::transmute::<NonNull<llama_cpp_sys_2::llama_model>, LlamaModel>(model) })
+}

@@ -1,0 +1,280 @@
+//! The inference engine: loads the model (mapped from its file, never copied) and runs generations on one
+//! worker thread that owns the llama.cpp context. The server and `stove chat` talk to it over channels.
+//!
+//! A `LlamaContext` is not `Send`, so it never leaves the worker; requests arrive on a bounded queue and each
+//! one's output goes back on its own bounded channel. When that channel's receiver is gone (the client left
+//! or pressed stop), generation stops at the next token.
+
+mod ffi;
+mod generate;
+mod sampling;
+pub mod text;
+
+use std::fs::File;
+use std::io::{IsTerminal, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use llama_cpp_2::llama_backend::LlamaBackend;
+use tokio::sync::mpsc;
+
+use crate::bundle::{ModelSource, ModelSpan};
+use crate::hardware;
+
+pub use sampling::SamplingParams;
+
+/// How many requests may wait for the worker before new ones are refused with "busy".
+const QUEUE_DEPTH: usize = 16;
+/// Text chunks buffered per request before the worker waits for the client.
+const EVENT_BUFFER: usize = 64;
+
+/// Settings for loading the model and its context.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Context size in tokens: `None` for the default (4096, at most the trained context), 0 for the trained one.
+    pub ctx_size: Option<u32>,
+    pub threads: usize,
+    pub batch_size: u32,
+    pub gpu_layers: i32,
+    pub use_mmap: bool,
+    pub system_prompt: Option<String>,
+    pub verbose: bool,
+}
+
+/// What the page, `/v1/models` and `stove info` show about the model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub architecture: String,
+    pub parameters: u64,
+    pub quantization: String,
+    pub trained_context: Option<u64>,
+    pub file: PathBuf,
+    pub size: u64,
+}
+
+/// What the loaded engine runs with.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Runtime {
+    pub context_size: u32,
+    pub threads: usize,
+    pub mmap: bool,
+    pub load_seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub enum LoadState {
+    /// Loading, with progress in thousandths.
+    Loading {
+        permille: u32,
+    },
+    Ready(Runtime),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    Chat(Vec<ChatMessage>),
+    Text(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Prompt,
+    pub sampling: SamplingParams,
+    /// Most tokens to generate; `None` means until the context is full.
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+/// Counts and timings of one finished generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub prompt_ms: f64,
+    pub generation_ms: f64,
+}
+
+/// What a request receives, in order: `Started` or `Failed`, then `Text`s, then `Done`.
+#[derive(Debug)]
+pub enum Event {
+    Started { prompt_tokens: u32 },
+    Text(String),
+    Done(Finish),
+    Failed(EngineError),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("the model is still loading ({}%); try again shortly", permille / 10)]
+    Loading { permille: u32 },
+    #[error("the model failed to load: {0}")]
+    LoadFailed(String),
+    #[error("the server is busy: {QUEUE_DEPTH} requests are already waiting; try again shortly")]
+    Busy,
+    #[error(
+        "the prompt is {prompt_tokens} tokens but the context holds {context_size}; \
+         shorten the conversation or start stove with a larger --ctx-size"
+    )]
+    PromptTooLong { prompt_tokens: u32, context_size: u32 },
+    #[error("the chat template could not be applied: {0}")]
+    Template(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+struct Job {
+    request: Request,
+    events: mpsc::Sender<Event>,
+}
+
+/// A handle to the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    info: ModelInfo,
+    state: Mutex<LoadState>,
+    state_changed: Condvar,
+    jobs: SyncSender<Job>,
+}
+
+impl Shared {
+    fn set_state(&self, state: LoadState) {
+        *self.state.lock().expect("state lock") = state;
+        self.state_changed.notify_all();
+    }
+}
+
+impl Engine {
+    /// Starts loading `source` on the worker thread and returns at once; [`Engine::state`] tells progress.
+    pub fn start(source: &ModelSource, config: EngineConfig) -> anyhow::Result<Engine> {
+        let span = source.span().clone();
+        let gguf = span.read_info()?;
+        let name = match source {
+            ModelSource::Bundle(bundle) => bundle.manifest.name.clone(),
+            ModelSource::Gguf(_) => span.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        };
+        let info = ModelInfo {
+            name,
+            architecture: gguf.architecture,
+            parameters: gguf.parameters,
+            quantization: gguf.quantization,
+            trained_context: gguf.context_length,
+            file: span.path.clone(),
+            size: span.len,
+        };
+        let (jobs, queue) = sync_channel::<Job>(QUEUE_DEPTH);
+        let shared = Arc::new(Shared {
+            info,
+            state: Mutex::new(LoadState::Loading { permille: 0 }),
+            state_changed: Condvar::new(),
+            jobs,
+        });
+        let worker_shared = Arc::clone(&shared);
+        std::thread::Builder::new().name("stove-engine".into()).spawn(move || {
+            let set_state = |s: LoadState| worker_shared.set_state(s);
+            if let Err(message) = generate::run_worker(&span, &config, &set_state, queue) {
+                set_state(LoadState::Failed(message));
+            }
+        })?;
+        Ok(Engine { shared })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.shared.info
+    }
+
+    pub fn state(&self) -> LoadState {
+        self.shared.state.lock().expect("state lock").clone()
+    }
+
+    /// Blocks until the model is loaded (or failed).
+    pub fn wait_ready(&self) -> Result<Runtime, EngineError> {
+        let mut state = self.shared.state.lock().expect("state lock");
+        loop {
+            match &*state {
+                LoadState::Ready(runtime) => return Ok(runtime.clone()),
+                LoadState::Failed(message) => return Err(EngineError::LoadFailed(message.clone())),
+                LoadState::Loading { .. } => state = self.shared.state_changed.wait(state).expect("state lock"),
+            }
+        }
+    }
+
+    /// Queues a generation; its events arrive on the returned channel.
+    pub fn submit(&self, request: Request) -> Result<mpsc::Receiver<Event>, EngineError> {
+        match self.state() {
+            LoadState::Loading { permille } => return Err(EngineError::Loading { permille }),
+            LoadState::Failed(message) => return Err(EngineError::LoadFailed(message)),
+            LoadState::Ready(_) => {}
+        }
+        let (events, receiver) = mpsc::channel(EVENT_BUFFER);
+        match self.shared.jobs.try_send(Job { request, events }) {
+            Ok(()) => Ok(receiver),
+            Err(TrySendError::Full(_)) => Err(EngineError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(EngineError::Inference("the engine thread has stopped".into())),
+        }
+    }
+}
+
+/// Starts llama.cpp once per process; with `verbose` off its log lines are dropped.
+fn init_backend(verbose: bool) -> Result<LlamaBackend, String> {
+    if !verbose {
+        llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
+    }
+    LlamaBackend::init().map_err(|e| format!("cannot start llama.cpp: {e}"))
+}
+
+/// Reads the model once, sequentially, so that slow media (a USB 2 stick) shows real progress while pages
+/// come in; the mapping llama.cpp makes afterwards finds them in the page cache. Skipped when the model is
+/// too large for memory, where reading ahead would only evict other pages.
+fn page_in(span: &ModelSpan, report: &dyn Fn(u32)) -> std::io::Result<()> {
+    if hardware::available_memory().is_some_and(|free| span.len > free / 4 * 3) {
+        return Ok(());
+    }
+    let mut file = File::open(&span.path)?;
+    file.seek(SeekFrom::Start(span.offset))?;
+    let mut remaining = span.len;
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(span.len).with_style(
+            ProgressStyle::with_template("loading model {percent:>3}% {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+                .expect("valid template"),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut buf = vec![0u8; 8 << 20];
+    let started = Instant::now();
+    while remaining > 0 {
+        let want = buf.len().min(remaining as usize);
+        file.read_exact(&mut buf[..want])?;
+        remaining -= want as u64;
+        bar.inc(want as u64);
+        report((((span.len - remaining) as f64 / span.len as f64) * 900.0) as u32);
+    }
+    bar.finish_and_clear();
+    if started.elapsed().as_secs() >= 2 {
+        eprintln!("read the model in {:.0} s", started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}

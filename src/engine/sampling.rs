@@ -1,0 +1,47 @@
+//! Sampling settings and the llama.cpp sampler chain built from them.
+
+use llama_cpp_2::sampling::LlamaSampler;
+
+/// The sampling settings a request may set; defaults are llama-server's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 picks the most likely token every time (deterministic).
+    pub temperature: f32,
+    /// 0 disables top-k.
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+    /// `None` draws a fresh seed for each request.
+    pub seed: Option<u32>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, seed: None }
+    }
+}
+
+/// llama.cpp draws a random seed when given this one (`LLAMA_DEFAULT_SEED`).
+const RANDOM_SEED: u32 = 0xFFFF_FFFF;
+
+impl SamplingParams {
+    /// The chain in llama.cpp's default order: truncations first, then temperature, then the draw.
+    pub fn sampler(&self) -> LlamaSampler {
+        if self.temperature <= 0.0 {
+            return LlamaSampler::greedy();
+        }
+        let mut chain = Vec::with_capacity(5);
+        if self.top_k > 0 {
+            chain.push(LlamaSampler::top_k(self.top_k));
+        }
+        if self.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(self.top_p, 1));
+        }
+        if self.min_p > 0.0 {
+            chain.push(LlamaSampler::min_p(self.min_p, 1));
+        }
+        chain.push(LlamaSampler::temp(self.temperature));
+        chain.push(LlamaSampler::dist(self.seed.unwrap_or(RANDOM_SEED)));
+        LlamaSampler::chain_simple(chain)
+    }
+}

@@ -1,0 +1,392 @@
+//! Reads the header of a GGUF file: the metadata stove shows and records in a bundle's manifest.
+//!
+//! Only the header is read (keys, tensor shapes), never the weights, and every length read from the file is
+//! checked against what is left of it, so a truncated or hostile file gives an error, not a huge allocation.
+//! Format: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+
+/// What stove needs to know about a model, read from its GGUF header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufInfo {
+    pub version: u32,
+    pub name: Option<String>,
+    pub architecture: String,
+    pub parameters: u64,
+    pub quantization: String,
+    pub context_length: Option<u64>,
+    pub chat_template: Option<String>,
+    /// Offset of the tensor data section from the start of the GGUF.
+    pub data_offset: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("this is not a GGUF file (it does not start with \"GGUF\")")]
+    NotGguf,
+    #[error("GGUF version {0} is not supported (stove reads versions 2 and 3)")]
+    Version(u32),
+    #[error("the GGUF header is cut short or corrupt: {0}")]
+    Corrupt(String),
+    #[error("the GGUF header has no general.architecture key")]
+    NoArchitecture,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A metadata value we keep: scalars and strings. Arrays (the tokenizer's vocabulary) are skipped.
+#[derive(Debug, Clone)]
+enum Value {
+    Uint(u64),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+}
+
+/// Longest string value kept in memory; chat templates are a few KiB, the longest seen in the wild ~30 KiB.
+const MAX_KEPT_STRING: u64 = 1 << 20;
+
+/// Reads the header of the GGUF that occupies `len` bytes from `offset` in `file`.
+pub fn read_info<R: Read + Seek>(file: R, offset: u64, len: u64) -> Result<GgufInfo, GgufError> {
+    let mut reader = HeaderReader::new(file, offset, len)?;
+    let mut magic = [0u8; 4];
+    reader.exact(&mut magic).map_err(|_| GgufError::NotGguf)?;
+    if &magic != b"GGUF" {
+        return Err(GgufError::NotGguf);
+    }
+    let version = reader.u32()?;
+    if !(2..=3).contains(&version) {
+        return Err(GgufError::Version(version));
+    }
+    let n_tensors = reader.u64()?;
+    let n_kv = reader.u64()?;
+    // Each key-value pair takes at least 12 bytes, each tensor info at least 24: bound the counts by the file.
+    reader.check_count(n_kv, 12, "metadata keys")?;
+    reader.check_count(n_tensors, 24, "tensors")?;
+
+    let mut values = HashMap::new();
+    for _ in 0..n_kv {
+        let key = reader.string(MAX_KEPT_STRING)?.unwrap_or_default();
+        let value_type = reader.u32()?;
+        if let Some(value) = reader.value(value_type)? {
+            values.insert(key, value);
+        }
+    }
+
+    let mut parameters: u64 = 0;
+    for _ in 0..n_tensors {
+        reader.string(0)?; // the tensor's name
+        let n_dims = reader.u32()?;
+        if n_dims > 8 {
+            return Err(GgufError::Corrupt(format!("a tensor has {n_dims} dimensions")));
+        }
+        let mut elements: u64 = 1;
+        for _ in 0..n_dims {
+            elements = elements.saturating_mul(reader.u64()?);
+        }
+        parameters = parameters.saturating_add(elements);
+        reader.u32()?; // type
+        reader.u64()?; // offset inside the data section
+    }
+
+    let alignment = match values.get("general.alignment") {
+        Some(Value::Uint(a)) if *a > 0 && a.is_power_of_two() => *a,
+        _ => 32,
+    };
+    let data_offset = reader.position().div_ceil(alignment) * alignment;
+    if data_offset > len {
+        return Err(GgufError::Corrupt(format!(
+            "tensor data should start at byte {data_offset} but the file has only {len} bytes"
+        )));
+    }
+
+    let text = |key: &str| match values.get(key) {
+        Some(Value::Str(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let architecture = text("general.architecture").ok_or(GgufError::NoArchitecture)?;
+    let context_length = match values.get(&format!("{architecture}.context_length")) {
+        Some(Value::Uint(n)) => Some(*n),
+        Some(Value::Int(n)) if *n > 0 => Some(*n as u64),
+        _ => None,
+    };
+    let quantization = match values.get("general.file_type") {
+        Some(Value::Uint(t)) => file_type_name(*t),
+        _ => "unknown".to_string(),
+    };
+    Ok(GgufInfo {
+        version,
+        name: text("general.name"),
+        architecture,
+        parameters,
+        quantization,
+        context_length,
+        chat_template: text("tokenizer.chat_template"),
+        data_offset,
+    })
+}
+
+/// The name llama.cpp gives a `general.file_type` (enum `llama_ftype` in llama.h).
+pub fn file_type_name(file_type: u64) -> String {
+    let name = match file_type {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        19 => "IQ2_XXS",
+        20 => "IQ2_XS",
+        21 => "Q2_K_S",
+        22 => "IQ3_XS",
+        23 => "IQ3_XXS",
+        24 => "IQ1_S",
+        25 => "IQ4_NL",
+        26 => "IQ3_S",
+        27 => "IQ3_M",
+        28 => "IQ2_S",
+        29 => "IQ2_M",
+        30 => "IQ4_XS",
+        31 => "IQ1_M",
+        32 => "BF16",
+        36 => "TQ1_0",
+        37 => "TQ2_0",
+        38 => "MXFP4_MOE",
+        other => return format!("file type {other}"),
+    };
+    name.to_string()
+}
+
+/// Little-endian reads within `[offset, offset + len)` of a file, with every length checked against the end.
+struct HeaderReader<R> {
+    inner: BufReader<R>,
+    len: u64,
+    pos: u64,
+}
+
+impl<R: Read + Seek> HeaderReader<R> {
+    fn new(mut file: R, start: u64, len: u64) -> io::Result<Self> {
+        file.seek(SeekFrom::Start(start))?;
+        Ok(Self { inner: BufReader::with_capacity(1 << 16, file), len, pos: 0 })
+    }
+
+    fn position(&self) -> u64 {
+        self.pos
+    }
+
+    fn remaining(&self) -> u64 {
+        self.len - self.pos
+    }
+
+    fn check_count(&self, count: u64, min_size: u64, what: &str) -> Result<(), GgufError> {
+        if count.saturating_mul(min_size) > self.remaining() {
+            return Err(GgufError::Corrupt(format!(
+                "it claims {count} {what}, more than its {} bytes can hold",
+                self.len
+            )));
+        }
+        Ok(())
+    }
+
+    fn exact(&mut self, buf: &mut [u8]) -> Result<(), GgufError> {
+        if buf.len() as u64 > self.remaining() {
+            return Err(GgufError::Corrupt(format!("it ends at byte {} in the middle of the header", self.len)));
+        }
+        self.inner.read_exact(buf)?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+
+    fn skip(&mut self, n: u64) -> Result<(), GgufError> {
+        if n > self.remaining() {
+            return Err(GgufError::Corrupt(format!(
+                "a value of {n} bytes runs past the end of the file at byte {}",
+                self.len
+            )));
+        }
+        self.inner.seek_relative(n as i64)?;
+        self.pos += n;
+        Ok(())
+    }
+
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], GgufError> {
+        let mut buf = [0u8; N];
+        self.exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn u32(&mut self) -> Result<u32, GgufError> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, GgufError> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+
+    /// Reads a string; returns it if it is at most `keep` bytes, otherwise skips it and returns `None`.
+    fn string(&mut self, keep: u64) -> Result<Option<String>, GgufError> {
+        let n = self.u64()?;
+        if n > keep {
+            self.skip(n)?;
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; n as usize];
+        self.exact(&mut buf)?;
+        Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+    }
+
+    /// Reads one value of GGUF type `value_type`; arrays are skipped and give `None`.
+    fn value(&mut self, value_type: u32) -> Result<Option<Value>, GgufError> {
+        Ok(Some(match value_type {
+            0 => Value::Uint(u8::from_le_bytes(self.bytes()?).into()),
+            1 => Value::Int(i8::from_le_bytes(self.bytes()?).into()),
+            2 => Value::Uint(u16::from_le_bytes(self.bytes()?).into()),
+            3 => Value::Int(i16::from_le_bytes(self.bytes()?).into()),
+            4 => Value::Uint(self.u32()?.into()),
+            5 => Value::Int(i32::from_le_bytes(self.bytes()?).into()),
+            6 => Value::Float(f32::from_le_bytes(self.bytes()?).into()),
+            7 => Value::Bool(self.bytes::<1>()?[0] != 0),
+            8 => match self.string(MAX_KEPT_STRING)? {
+                Some(s) => Value::Str(s),
+                None => return Ok(None),
+            },
+            9 => {
+                let item_type = self.u32()?;
+                let count = self.u64()?;
+                self.skip_array(item_type, count)?;
+                return Ok(None);
+            }
+            10 => Value::Uint(self.u64()?),
+            11 => Value::Int(i64::from_le_bytes(self.bytes()?)),
+            12 => Value::Float(f64::from_le_bytes(self.bytes()?)),
+            other => return Err(GgufError::Corrupt(format!("unknown value type {other}"))),
+        }))
+    }
+
+    fn skip_array(&mut self, item_type: u32, count: u64) -> Result<(), GgufError> {
+        let fixed_size = match item_type {
+            0 | 1 | 7 => Some(1),
+            2 | 3 => Some(2),
+            4..=6 => Some(4),
+            10..=12 => Some(8),
+            _ => None,
+        };
+        if let Some(size) = fixed_size {
+            return self.skip(count.saturating_mul(size));
+        }
+        // Strings and nested arrays: each item takes at least 8 bytes, which bounds the loop.
+        self.check_count(count, 8, "array items")?;
+        for _ in 0..count {
+            self.value(item_type)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn string(s: &str) -> Vec<u8> {
+        let mut out = (s.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(s.as_bytes());
+        out
+    }
+
+    /// A small GGUF: architecture, context length, file type, a string array, and two tensors.
+    fn sample() -> Vec<u8> {
+        let mut g = b"GGUF".to_vec();
+        g.extend(3u32.to_le_bytes());
+        g.extend(2u64.to_le_bytes()); // tensors
+        g.extend(5u64.to_le_bytes()); // keys
+        g.extend(string("general.architecture"));
+        g.extend(8u32.to_le_bytes());
+        g.extend(string("llama"));
+        g.extend(string("llama.context_length"));
+        g.extend(4u32.to_le_bytes());
+        g.extend(8192u32.to_le_bytes());
+        g.extend(string("general.file_type"));
+        g.extend(4u32.to_le_bytes());
+        g.extend(3u32.to_le_bytes());
+        g.extend(string("tokenizer.ggml.tokens"));
+        g.extend(9u32.to_le_bytes());
+        g.extend(8u32.to_le_bytes());
+        g.extend(2u64.to_le_bytes());
+        g.extend(string("a"));
+        g.extend(string("b"));
+        g.extend(string("tokenizer.chat_template"));
+        g.extend(8u32.to_le_bytes());
+        g.extend(string("{{ messages }}"));
+        for (name, dims) in [("a", vec![4u64, 3]), ("b", vec![5u64])] {
+            g.extend(string(name));
+            g.extend((dims.len() as u32).to_le_bytes());
+            for d in dims {
+                g.extend(d.to_le_bytes());
+            }
+            g.extend(0u32.to_le_bytes());
+            g.extend(0u64.to_le_bytes());
+        }
+        let data_start = g.len().div_ceil(32) * 32;
+        g.resize(data_start + 64, 0);
+        g
+    }
+
+    #[test]
+    fn reads_the_header() {
+        let g = sample();
+        let info = read_info(Cursor::new(&g), 0, g.len() as u64).unwrap();
+        assert_eq!(info.architecture, "llama");
+        assert_eq!(info.context_length, Some(8192));
+        assert_eq!(info.quantization, "Q4_1");
+        assert_eq!(info.parameters, 4 * 3 + 5);
+        assert_eq!(info.chat_template.as_deref(), Some("{{ messages }}"));
+        assert_eq!(info.data_offset % 32, 0);
+    }
+
+    #[test]
+    fn reads_at_an_offset_inside_a_larger_file() {
+        let mut file = vec![0xAAu8; 1000];
+        let g = sample();
+        file.extend(&g);
+        let info = read_info(Cursor::new(&file), 1000, g.len() as u64).unwrap();
+        assert_eq!(info.parameters, 17);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let g = sample();
+        let header_len = read_info(Cursor::new(&g), 0, g.len() as u64).unwrap().data_offset as usize;
+        for cut in 0..header_len {
+            assert!(read_info(Cursor::new(&g[..cut]), 0, cut as u64).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn huge_counts_are_refused_without_allocating() {
+        let mut g = b"GGUF".to_vec();
+        g.extend(3u32.to_le_bytes());
+        g.extend(u64::MAX.to_le_bytes());
+        g.extend(u64::MAX.to_le_bytes());
+        let err = read_info(Cursor::new(&g), 0, g.len() as u64).unwrap_err();
+        assert!(matches!(err, GgufError::Corrupt(_)), "{err}");
+    }
+
+    #[test]
+    fn other_files_are_not_gguf() {
+        let err = read_info(Cursor::new(b"\x7fELF...."), 0, 8).unwrap_err();
+        assert!(matches!(err, GgufError::NotGguf));
+    }
+}

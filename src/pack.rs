@@ -1,0 +1,268 @@
+//! `stove pack`: writes an engine followed by a payload holding a model (layout in [`crate::bundle`]).
+//!
+//! The model is streamed (constant memory) into a temporary file beside the output, which is checked by
+//! reading it back as a bundle and only then renamed over the output: an interrupted or failed pack never
+//! leaves a half-written file under the output's name.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use zip::write::SimpleFileOptions;
+use zip::CompressionMethod;
+
+use crate::bundle::{self, Bundle, Manifest, ModelManifest, ARGS_ENTRY, MANIFEST_ENTRY, MODEL_ALIGNMENT, MODEL_ENTRY};
+
+/// A bundle at least this large cannot live on FAT32, and Windows refuses to run an executable this large.
+pub const FAT32_LIMIT: u64 = (4 << 30) - 1;
+
+pub struct PackOptions {
+    pub model: PathBuf,
+    pub out: PathBuf,
+    pub name: Option<String>,
+    /// The engine to pack onto; the running executable when `None`.
+    pub engine: Option<PathBuf>,
+    /// A folder whose files replace the built-in chat page.
+    pub web: Option<PathBuf>,
+    pub default_args: Vec<String>,
+}
+
+pub struct Packed {
+    pub bundle: Bundle,
+    pub size: u64,
+}
+
+pub fn pack(options: &PackOptions) -> Result<Packed> {
+    let source = bundle::open_model(&options.model)?;
+    let span = source.span().clone();
+    let info = span.read_info()?;
+    let engine_path = match &options.engine {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("while finding the running stove executable")?,
+    };
+    let engine_len = bundle::engine_len(&engine_path)
+        .with_context(|| format!("while reading the engine {}", engine_path.display()))?;
+    let file_name = match &source {
+        bundle::ModelSource::Bundle(b) => b.manifest.model.file_name.clone(),
+        bundle::ModelSource::Gguf(_) => file_name_of(&options.model),
+    };
+    let name = options.name.clone().unwrap_or_else(|| default_name(&file_name));
+    let web_files = match &options.web {
+        Some(dir) => collect_web_files(dir)?,
+        None => Vec::new(),
+    };
+
+    let out_dir = match options.out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".stove-pack-")
+        .suffix(".partial")
+        .tempfile_in(&out_dir)
+        .with_context(|| format!("while creating a temporary file in {}", out_dir.display()))?;
+    let write_context = || {
+        format!(
+            "while writing {} (if the disk is full, free at least {} MB there or choose another -o)",
+            temp.path().display(),
+            (engine_len + span.len) >> 20
+        )
+    };
+
+    let mut out = BufWriter::with_capacity(1 << 20, temp.as_file().try_clone()?);
+    let mut engine =
+        File::open(&engine_path).with_context(|| format!("while opening the engine {}", engine_path.display()))?;
+    let copied = io::copy(&mut (&mut engine).take(engine_len), &mut out).with_context(write_context)?;
+    if copied != engine_len {
+        bail!("the engine {} changed while it was being read", engine_path.display());
+    }
+    // The zip writer can align an entry's data to at most 32 KiB. Starting the model's local header at an
+    // odd multiple of 32 KiB puts its data at the next multiple, which is then a multiple of 64 KiB.
+    let half = MODEL_ALIGNMENT / 2;
+    let header_at = (engine_len.div_ceil(half) | 1) * half;
+    io::copy(&mut io::repeat(0).take(header_at - engine_len), &mut out).with_context(write_context)?;
+
+    let mut zip = zip::ZipWriter::new(out);
+    let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+    zip.start_file(MODEL_ENTRY, stored.with_alignment(half as u16).large_file(span.len >= u32::MAX as u64))
+        .with_context(write_context)?;
+    let sha256 = copy_with_progress(&span, &mut zip).with_context(write_context)?;
+
+    let manifest = Manifest {
+        format: bundle::FORMAT_VERSION,
+        name,
+        stove_version: env!("CARGO_PKG_VERSION").to_string(),
+        engine_len,
+        model: ModelManifest {
+            file_name,
+            size: span.len,
+            sha256,
+            architecture: info.architecture,
+            parameters: info.parameters,
+            quantization: info.quantization,
+            context_length: info.context_length,
+            has_chat_template: info.chat_template.is_some(),
+        },
+    };
+    zip.start_file(MANIFEST_ENTRY, stored).with_context(write_context)?;
+    zip.write_all(&serde_json::to_vec_pretty(&manifest)?).with_context(write_context)?;
+    if !options.default_args.is_empty() {
+        zip.start_file(ARGS_ENTRY, stored).with_context(write_context)?;
+        zip.write_all(&serde_json::to_vec_pretty(&options.default_args)?).with_context(write_context)?;
+    }
+    let deflated = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
+    for (name, path) in &web_files {
+        zip.start_file(format!("{}{name}", bundle::WEB_PREFIX), deflated).with_context(write_context)?;
+        io::copy(&mut File::open(path)?, &mut zip).with_context(write_context)?;
+    }
+    let out = zip.finish().with_context(write_context)?;
+    let file = out.into_inner().map_err(|e| e.into_error()).with_context(write_context)?;
+    file.sync_all().with_context(write_context)?;
+
+    // Read the result back exactly as a run would, before it takes the output's name.
+    let bundle = Bundle::find(temp.path())?.context("the packed file has no payload (this is a stove bug)")?;
+    if bundle.model.offset % MODEL_ALIGNMENT != 0 || bundle.manifest != manifest {
+        bail!("the packed file's layout is wrong (model at byte {}); this is a stove bug", bundle.model.offset);
+    }
+    set_executable(temp.as_file())?;
+    let size = temp.as_file().metadata()?.len();
+    temp.persist(&options.out).with_context(|| format!("while moving the packed file to {}", options.out.display()))?;
+    let bundle = Bundle {
+        path: options.out.clone(),
+        model: bundle::ModelSpan { path: options.out.clone(), ..bundle.model },
+        ..bundle
+    };
+    Ok(Packed { bundle, size })
+}
+
+/// Streams the GGUF into the archive, returning its SHA-256, with a progress bar on a terminal.
+fn copy_with_progress(span: &bundle::ModelSpan, out: &mut impl Write) -> io::Result<String> {
+    let mut model = File::open(&span.path)?;
+    model.seek(io::SeekFrom::Start(span.offset))?;
+    let mut model = model.take(span.len);
+    let progress = ProgressBar::new(span.len).with_style(
+        ProgressStyle::with_template("packing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .expect("valid template"),
+    );
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut copied = 0;
+    loop {
+        let n = model.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        copied += n as u64;
+        progress.set_position(copied);
+    }
+    progress.finish_and_clear();
+    if copied != span.len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{} ended after {copied} of {} model bytes", span.path.display(), span.len),
+        ));
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn file_name_of(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.gguf".into())
+}
+
+/// The model file's name without `.gguf`: it names the quantization too, and GGUFs' own `general.name` is
+/// often a training-run label ("Smollm2 135M 8k Lc100K Mix1 Ep2").
+fn default_name(file_name: &str) -> String {
+    file_name.strip_suffix(".gguf").unwrap_or(file_name).to_string()
+}
+
+/// The files under `dir`, as (path relative to `dir` with `/` separators, full path), sorted.
+fn collect_web_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let entries = fs::read_dir(&current).with_context(|| format!("while reading --web {}", current.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).expect("inside dir");
+                let name = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                files.push((name, path));
+            }
+        }
+    }
+    if !files.iter().any(|(name, _)| name == "index.html") {
+        bail!("--web {} has no index.html, so it cannot replace the chat page", dir.display());
+    }
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(unix)]
+fn set_executable(file: &File) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(fs::Permissions::from_mode(0o755)).context("while making the packed file executable")
+}
+
+#[cfg(not(unix))]
+fn set_executable(_file: &File) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_file() {
+        assert_eq!(default_name("SmolLM2-135M-Instruct.Q4_1.gguf"), "SmolLM2-135M-Instruct.Q4_1");
+        assert_eq!(default_name("model.bin"), "model.bin");
+    }
+}
+
+/// `stove pack`: checks the arguments, packs, and says what was written.
+pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()> {
+    let Some(model) = &run.model else {
+        bail!("pack needs a model: stove pack --model MODEL.gguf -o OUT");
+    };
+    crate::cli::check_default_args(&args.default_args)
+        .map_err(|e| anyhow::anyhow!("the default arguments after -- are not valid: {e}"))?;
+    let packed = pack(&PackOptions {
+        model: model.clone(),
+        out: args.output.clone(),
+        name: args.name.clone(),
+        engine: args.engine.clone(),
+        web: args.web.clone(),
+        default_args: args.default_args.clone(),
+    })?;
+    let manifest = &packed.bundle.manifest;
+    println!(
+        "packed {} ({} {}, {}) into {} ({})",
+        manifest.name,
+        manifest.model.architecture,
+        manifest.model.quantization,
+        crate::hardware::human_bytes(manifest.model.size),
+        args.output.display(),
+        crate::hardware::human_bytes(packed.size)
+    );
+    if packed.size > FAT32_LIMIT {
+        eprintln!(
+            "warning: {} is over 4 GiB. It will not fit on a FAT32 USB stick (format it as exFAT), and Windows \
+             will not run an executable this large: there, copy a bare stove engine beside it and start \
+             `stove --model {}`",
+            args.output.display(),
+            args.output.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! `stove serve` (the default command): load the model, serve the page and the API, open a browser.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::bundle::{self, Bundle, ModelSource};
+use crate::cli::RunArgs;
+use crate::engine::{Engine, EngineConfig};
+use crate::server::{self, AppState, Assets};
+
+/// The model to run and the default arguments that come with it: `--model`'s, or this executable's own.
+pub fn model_source(run: &RunArgs) -> Result<(ModelSource, Vec<String>)> {
+    let source = match &run.model {
+        Some(path) => bundle::open_model(path)?,
+        None => {
+            let exe = std::env::current_exe().context("while finding this executable")?;
+            match Bundle::find(&exe)? {
+                Some(bundle) => ModelSource::Bundle(Box::new(bundle)),
+                None => anyhow::bail!(
+                    "this stove engine holds no model. Serve one with `{0} --model MODEL.gguf`, \
+                     or pack one into a single file with `{0} pack --model MODEL.gguf -o my-model.stove`",
+                    exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "stove".into())
+                ),
+            }
+        }
+    };
+    let defaults = match &source {
+        ModelSource::Bundle(bundle) => bundle.default_args.clone(),
+        ModelSource::Gguf(_) => Vec::new(),
+    };
+    Ok((source, defaults))
+}
+
+pub fn engine_config(run: &RunArgs) -> EngineConfig {
+    EngineConfig {
+        ctx_size: run.ctx_size,
+        threads: run.threads(),
+        batch_size: run.batch_size,
+        gpu_layers: run.gpu_layers,
+        use_mmap: !run.no_mmap,
+        system_prompt: run.system_prompt.clone(),
+        verbose: run.verbose,
+    }
+}
+
+pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
+    let engine = Engine::start(source, engine_config(run))?;
+    let web = match source {
+        ModelSource::Bundle(bundle) => bundle.web.clone(),
+        ModelSource::Gguf(_) => Vec::new(),
+    };
+    let state = Arc::new(AppState { engine: engine.clone(), assets: Assets::new(&web), sampling: run.sampling() });
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = server::bind(run.host, run.port).await?;
+        let url = server::display_url(listener.local_addr()?);
+        println!("stove: chat with {} at {url}", engine.info().name);
+        if !run.host.is_loopback() {
+            eprintln!("warning: listening on {}, so other machines on the network can use this model", run.host);
+        }
+        if should_open_browser(run) {
+            if let Err(e) = webbrowser::open(&url) {
+                eprintln!("could not open a browser ({e}); open {url} yourself");
+            }
+        }
+        std::thread::spawn(move || match engine.wait_ready() {
+            Ok(runtime) => eprintln!(
+                "model ready in {:.1} s: context {} tokens, {} threads",
+                runtime.load_seconds, runtime.context_size, runtime.threads
+            ),
+            Err(e) => {
+                eprintln!("stove: {e}");
+                std::process::exit(1);
+            }
+        });
+        server::serve(listener, state).await
+    })
+}
+
+/// `--browser`/`--no-browser` decide; otherwise a browser opens when stove was started with no arguments and
+/// no terminal, as by a double-click in a file manager.
+fn should_open_browser(run: &RunArgs) -> bool {
+    if run.browser || run.no_browser {
+        return run.browser;
+    }
+    std::env::args_os().len() == 1 && !std::io::stdin().is_terminal() && !std::io::stdout().is_terminal()
+}

@@ -1,0 +1,137 @@
+//! The HTTP server: binds (moving to the next port when one is taken), routes each request, and shuts
+//! down cleanly on Ctrl-C or SIGTERM.
+//!
+//! A request goes through [`route`] top to bottom: the API routes under `/v1`, health, stove's own info
+//! route, and otherwise the chat page's files.
+
+mod api;
+mod assets;
+mod body;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::engine::{Engine, SamplingParams};
+pub use assets::Assets;
+use body::Body;
+
+/// How many ports after the requested one are tried when it is taken.
+const PORT_TRIES: u16 = 20;
+/// How long open connections (streams) get to finish after Ctrl-C.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// What every request handler can reach.
+pub struct AppState {
+    pub engine: Engine,
+    pub assets: Assets,
+    pub sampling: SamplingParams,
+}
+
+/// Binds `host:port`, or the next free port after it.
+pub async fn bind(host: IpAddr, port: u16) -> Result<TcpListener> {
+    if port == 0 {
+        return TcpListener::bind((host, 0)).await.with_context(|| format!("while listening on {host}"));
+    }
+    let mut last_error = None;
+    for candidate in port..=port.saturating_add(PORT_TRIES) {
+        match TcpListener::bind((host, candidate)).await {
+            Ok(listener) => {
+                if candidate != port {
+                    eprintln!("port {port} is in use; using {candidate} instead");
+                }
+                return Ok(listener);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last_error = Some(e),
+            Err(e) => return Err(e).with_context(|| format!("while listening on {host}:{candidate}")),
+        }
+    }
+    bail!(
+        "ports {port} to {} on {host} are all in use ({}); choose another with --port",
+        port.saturating_add(PORT_TRIES),
+        last_error.map(|e| e.to_string()).unwrap_or_default()
+    )
+}
+
+/// The address to show people: loopback when listening on all interfaces.
+pub fn display_url(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}/", addr.port())
+}
+
+/// Serves until Ctrl-C or SIGTERM.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(conn) => conn,
+                    // Out of file descriptors and the like: keep serving the connections we have.
+                    Err(e) => { eprintln!("cannot accept a connection: {e}"); continue; }
+                };
+                let state = Arc::clone(&state);
+                let service = service_fn(move |request| route(Arc::clone(&state), request));
+                let connection = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    eprintln!("stopping");
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        eprintln!("closed {} s after the stop signal with streams still open", SHUTDOWN_GRACE.as_secs());
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler can be installed");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = request.uri().path().to_string();
+    let response = match (request.method(), path.as_str()) {
+        (&Method::GET, "/health") => api::health(&state),
+        (&Method::GET, "/v1/models") => api::models(&state),
+        (&Method::GET, "/stove/info") => api::info(&state),
+        (&Method::POST, "/v1/chat/completions") => api::chat_completions(&state, request).await,
+        (_, "/v1/chat/completions") => api::method_not_allowed("POST"),
+        (_, p) if p.starts_with("/v1/") => api::not_found(p),
+        (&Method::GET | &Method::HEAD, p) => state.assets.respond(p, request.headers()),
+        _ => api::method_not_allowed("GET"),
+    };
+    Ok(response)
+}
