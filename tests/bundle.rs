@@ -1,0 +1,144 @@
+//! The single file: what `stove pack` writes and how a bundle fails when damaged.
+//!
+//! Checks: the bundle is a ZIP with the model stored at a 64 KiB-aligned offset and a manifest naming it;
+//! it is executable; default arguments are stored and checked; re-packing replaces the payload; a truncated
+//! copy fails with a clear message; an engine without a model says how to pack one; bad pack inputs leave no
+//! output; `info` and `chat -p` work on a bundle.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use common::{bundle, model, pack, run, scratch, MODEL_SHA256};
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_bundle_is_an_executable_zip_with_the_model_aligned_and_described() {
+    let path = bundle();
+    assert_eq!(fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o755);
+    let mut archive = zip::ZipArchive::new(fs::File::open(path).unwrap()).expect("a bundle is a valid zip");
+    let names: Vec<String> = archive.file_names().map(|n| n.unwrap().into_owned()).collect();
+    assert!(names.contains(&"stove/model.gguf".to_string()), "{names:?}");
+    let (offset, size, stored) = {
+        let entry = archive.by_name("stove/model.gguf").unwrap();
+        (entry.data_start().unwrap(), entry.size(), entry.compression() == zip::CompressionMethod::Stored)
+    };
+    assert!(stored, "the model must be stored uncompressed to be mapped");
+    assert_eq!(offset % 65536, 0, "model at byte {offset}");
+    assert_eq!(size, fs::metadata(model()).unwrap().len());
+    // The bytes at that offset are the model itself.
+    let bytes = fs::read(path).unwrap();
+    assert_eq!(&bytes[offset as usize..offset as usize + 4], b"GGUF");
+
+    let manifest: serde_json::Value = serde_json::from_reader(archive.by_name("stove/manifest.json").unwrap()).unwrap();
+    assert_eq!(manifest["model"]["sha256"], MODEL_SHA256);
+    assert_eq!(manifest["model"]["architecture"], "llama");
+    assert_eq!(manifest["model"]["quantization"], "Q4_1");
+    assert_eq!(manifest["model"]["context_length"], 8192);
+    assert_eq!(manifest["model"]["has_chat_template"], true);
+    assert_eq!(manifest["model"]["file_name"], "SmolLM2-135M-Instruct.Q4_1.gguf");
+    let parameters = manifest["model"]["parameters"].as_u64().unwrap();
+    assert!((130_000_000..140_000_000).contains(&parameters), "{parameters}");
+    assert_eq!(manifest["stove_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(manifest["name"], "SmolLM2-135M-Instruct.Q4_1");
+
+    let args: Vec<String> = serde_json::from_reader(archive.by_name("stove/args.json").unwrap()).unwrap();
+    assert_eq!(args, ["--ctx-size", "1024"]);
+}
+
+#[test]
+fn packing_onto_a_bundle_replaces_its_payload() {
+    let first = bundle();
+    let second = scratch().join("repacked.stove");
+    pack(&second, &["--engine", first.to_str().unwrap(), "--name", "Again"]);
+    let third = scratch().join("repacked-twice.stove");
+    pack(&third, &["--engine", second.to_str().unwrap()]);
+    let sizes = [first, &second, &third].map(|p| fs::metadata(p).unwrap().len());
+    // No stacking: each bundle differs only by its small manifest and args.
+    assert!(sizes[1].abs_diff(sizes[0]) < 4096 && sizes[2].abs_diff(sizes[0]) < 4096, "{sizes:?}");
+    let archive = zip::ZipArchive::new(fs::File::open(&third).unwrap()).unwrap();
+    assert_eq!(archive.file_names().filter(|n| n.as_ref().unwrap().ends_with(".gguf")).count(), 1);
+    let info = run(&["info", third.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&info.stdout).contains("SmolLM2-135M-Instruct.Q4_1"));
+}
+
+#[test]
+fn a_truncated_copy_fails_clearly_instead_of_crashing() {
+    let bytes = fs::read(bundle()).unwrap();
+    for (name, keep) in [("half", bytes.len() / 2), ("tail", bytes.len() - 10), ("head", 12 << 20)] {
+        let cut = scratch().join(format!("cut-{name}.stove"));
+        fs::write(&cut, &bytes[..keep]).unwrap();
+        fs::set_permissions(&cut, fs::Permissions::from_mode(0o755)).unwrap();
+        let output = std::process::Command::new(&cut).args(["--no-browser", "--port", "0"]).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{name}: {}", stderr(&output));
+        let message = stderr(&output);
+        assert!(message.contains("is truncated") && message.contains("copy it again"), "{name}: {message}");
+    }
+}
+
+#[test]
+fn an_engine_without_a_model_says_how_to_pack_one() {
+    let output = run(&["--no-browser"]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains("holds no model") && message.contains("pack --model"), "{message}");
+}
+
+#[test]
+fn bad_pack_inputs_are_named_and_leave_no_output() {
+    let out = scratch().join("never.stove");
+    let missing = run(&["pack", "--model", "/nonexistent/model.gguf", "-o", out.to_str().unwrap()]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("/nonexistent/model.gguf"), "{}", stderr(&missing));
+
+    let not_gguf = scratch().join("notes.txt");
+    fs::write(&not_gguf, "just some text").unwrap();
+    let wrong = run(&["pack", "--model", not_gguf.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(stderr(&wrong).contains("neither a GGUF model nor a stove bundle"), "{}", stderr(&wrong));
+
+    let model = model();
+    let typo = run(&["pack", "--model", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--", "--ctx-sise", "1"]);
+    assert!(stderr(&typo).contains("default arguments"), "{}", stderr(&typo));
+
+    assert!(!out.exists());
+    let leftovers: Vec<_> = fs::read_dir(scratch())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+}
+
+#[test]
+fn info_describes_the_bundle_and_the_machine() {
+    let output = run(&["info", bundle().to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    for expected in ["llama", "Q4_1", "8192 tokens", MODEL_SHA256, "--ctx-size 1024", "physical", "device"] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn chat_answers_one_prompt_on_stdout() {
+    let output = std::process::Command::new(bundle())
+        .args(["chat", "-p", "What is the capital of France?", "--temperature", "0", "--max-tokens", "24"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let answer = String::from_utf8_lossy(&output.stdout);
+    assert!(answer.contains("Paris"), "{answer}");
+}
+
+#[test]
+fn a_bare_engine_serves_a_plain_gguf_or_another_bundle() {
+    for source in [model(), bundle().to_path_buf()] {
+        let output = run(&["chat", "-m", source.to_str().unwrap(), "-p", "Say hello", "--max-tokens", "8"]);
+        assert!(output.status.success(), "{}: {}", source.display(), stderr(&output));
+        assert!(!String::from_utf8_lossy(&output.stdout).trim().is_empty());
+    }
+}

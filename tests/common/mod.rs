@@ -1,0 +1,135 @@
+//! Test fixture: the real stove binary, the real default model, a bundle packed once per test binary, and
+//! servers started on a free port that are killed when dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+pub fn stove() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stove"))
+}
+
+/// The default model, fetched by `scripts/fetch-model.sh` (which `.ci/run` calls first).
+pub fn model() -> PathBuf {
+    let path = match std::env::var_os("STOVE_TEST_MODEL") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let output = Command::new("bash")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fetch-model.sh"))
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run scripts/fetch-model.sh");
+            assert!(output.status.success(), "scripts/fetch-model.sh failed");
+            PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+        }
+    };
+    assert!(path.is_file(), "no model at {}; run scripts/fetch-model.sh", path.display());
+    path
+}
+
+/// A scratch directory for this test binary, removed at exit by the OS temp cleaner at the latest.
+pub fn scratch() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path()
+}
+
+/// Runs `stove` with `args` and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    stove().args(args).stdin(Stdio::null()).output().expect("run stove")
+}
+
+/// Packs `model` into `out` with extra arguments; panics with stove's stderr if it fails.
+pub fn pack(out: &Path, extra: &[&str]) {
+    let model = model();
+    let mut args = vec!["pack", "--model", model.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let output = run(&args);
+    assert!(output.status.success(), "pack failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// The default model packed once, with a small context to keep tests light.
+pub fn bundle() -> &'static Path {
+    static BUNDLE: OnceLock<PathBuf> = OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        let out = scratch().join("smol.stove");
+        pack(&out, &["--", "--ctx-size", "1024"]);
+        out
+    })
+}
+
+/// A running `stove serve`, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    /// Starts `program` (a bundle or the engine) with `args` plus `--port 0 --no-browser`, and waits until
+    /// `/health` answers 200.
+    pub fn start(program: &Path, args: &[&str]) -> Server {
+        let server = Server::spawn(program, args);
+        server.wait_healthy();
+        server
+    }
+
+    /// Starts it and returns once it has printed its URL, without waiting for the model.
+    pub fn spawn(program: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(program)
+            .args(args)
+            .args(["--port", "0", "--no-browser"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start stove");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read stove's first line");
+        let Some(url) = line.trim().split(" at ").nth(1).map(|u| u.trim_end_matches('/').to_string()) else {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!("stove printed no URL: {line:?}; stderr: {}", String::from_utf8_lossy(&output.stderr));
+        };
+        Server { child, url }
+    }
+
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let client = client();
+        loop {
+            if let Ok(response) = client.get(format!("{}/health", self.url)).send() {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "stove did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// POSTs a chat completion and returns (status, JSON body).
+    pub fn chat(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let response = client().post(format!("{}/v1/chat/completions", self.url)).json(&body).send().expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().expect("a JSON body"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+}
