@@ -1,0 +1,241 @@
+//! Serving a bundle: health, the OpenAI chat API, the page's files, bad requests, the mmap proof, ports,
+//! and a clean stop.
+//!
+//! Checks: /health turns 200; streamed and non-streamed completions give non-empty text, the same text for
+//! the same seed at temperature 0, with usage and finish_reason; bad requests get 4xx with an OpenAI error
+//! body naming the problem and the server keeps serving; a prompt longer than the context is refused with
+//! context_length_exceeded; the weights are file-backed pages of the bundle, not anonymous memory; a taken
+//! port moves to the next; SIGTERM stops it with status 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+
+use common::{bundle, client, Server};
+use serde_json::{json, Value};
+
+fn ask(content: &str) -> Value {
+    json!({ "messages": [{ "role": "user", "content": content }], "temperature": 0, "seed": 42, "max_tokens": 32 })
+}
+
+/// The concatenated `delta.content` of an SSE response, and its last JSON chunk.
+fn read_stream(server: &Server, body: &Value) -> (String, Vec<Value>) {
+    let response = client().post(format!("{}/v1/chat/completions", server.url)).json(body).send().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    let mut chunks = Vec::new();
+    let mut saw_done = false;
+    for line in BufReader::new(response).lines() {
+        let line = line.unwrap();
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            saw_done = true;
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(piece);
+        }
+        chunks.push(chunk);
+    }
+    assert!(saw_done, "the stream must end with [DONE]");
+    (text, chunks)
+}
+
+#[test]
+fn chat_completions_stream_and_not_and_repeat_with_a_seed() {
+    let server = Server::start(bundle(), &[]);
+    let (status, first) = server.chat(ask("Name a fruit."));
+    assert_eq!(status, 200, "{first}");
+    let text = first["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(!text.trim().is_empty());
+    assert_eq!(first["object"], "chat.completion");
+    assert_eq!(first["model"], "SmolLM2-135M-Instruct.Q4_1");
+    let usage = &first["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+    assert!(["stop", "length"].contains(&first["choices"][0]["finish_reason"].as_str().unwrap()));
+
+    let (_, again) = server.chat(ask("Name a fruit."));
+    assert_eq!(again["choices"][0]["message"]["content"], text.as_str(), "same seed, temperature 0");
+
+    let mut streamed = ask("Name a fruit.");
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({ "include_usage": true });
+    let (stream_text, chunks) = read_stream(&server, &streamed);
+    assert_eq!(stream_text, text, "streaming gives the same answer");
+    assert!(chunks.len() > 3, "the answer arrives in pieces");
+    let finish = chunks.iter().find_map(|c| c["choices"][0]["finish_reason"].as_str()).unwrap();
+    assert!(["stop", "length"].contains(&finish));
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], first["usage"]["completion_tokens"]);
+}
+
+#[test]
+fn max_tokens_and_stop_strings_end_the_answer() {
+    let server = Server::start(bundle(), &[]);
+    let mut body = ask("Count from one to twenty, separated by commas.");
+    body["max_tokens"] = json!(3);
+    let (_, short) = server.chat(body);
+    assert_eq!(short["choices"][0]["finish_reason"], "length");
+    assert_eq!(short["usage"]["completion_tokens"], 3);
+
+    let (_, full) = server.chat(ask("Count from one to twenty, separated by commas."));
+    let full_text = full["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    // A word from the middle of the answer: the same seeded answer must end just before it.
+    let stop = full_text.split_whitespace().nth(3).expect("an answer of several words").to_string();
+    let mut body = ask("Count from one to twenty, separated by commas.");
+    body["stop"] = json!([stop]);
+    let (_, stopped) = server.chat(body);
+    let stopped_text = stopped["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+    assert_eq!(stopped_text, &full_text[..full_text.find(&stop).unwrap()], "stop string {stop:?}");
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
+    let server = Server::start(bundle(), &["--ctx-size", "128"]);
+    let long_prompt = "stove ".repeat(400);
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("malformed JSON", "{\"messages\": [".into(), 400, "not a valid chat completion request"),
+        ("missing messages", "{}".into(), 400, "missing field `messages`"),
+        ("messages of the wrong type", r#"{"messages": 3}"#.into(), 400, "invalid type"),
+        ("no messages", r#"{"messages": []}"#.into(), 400, "`messages` is empty"),
+        ("unknown role", r#"{"messages": [{"role": "cook", "content": "x"}]}"#.into(), 400, "role"),
+        (
+            "negative max_tokens",
+            r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": -5}"#.into(),
+            400,
+            "max_tokens",
+        ),
+        ("prompt longer than the context", ask(&long_prompt).to_string(), 400, "shorten the conversation"),
+    ];
+    for (what, body, status, message) in cases {
+        let response = client()
+            .post(format!("{}/v1/chat/completions", server.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let error: Value = response.json().unwrap();
+        let text = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(text.contains(message), "{what}: {error}");
+        assert!(error["error"]["type"].is_string(), "{what}: {error}");
+    }
+    let (_, overflow) = server.chat(ask(&long_prompt));
+    assert_eq!(overflow["error"]["code"], "context_length_exceeded");
+
+    let huge = vec![b'x'; 5 << 20];
+    let response = client().post(format!("{}/v1/chat/completions", server.url)).body(huge).send().unwrap();
+    assert_eq!(response.status(), 413);
+    let response = client().get(format!("{}/v1/nothing", server.url)).send().unwrap();
+    assert_eq!(response.status(), 404);
+    let response = client().get(format!("{}/v1/chat/completions", server.url)).send().unwrap();
+    assert_eq!(response.status(), 405);
+
+    let (status, after) = server.chat(ask("Still there?"));
+    assert_eq!(status, 200, "{after}");
+}
+
+#[test]
+fn models_health_and_the_page_are_served() {
+    let server = Server::start(bundle(), &[]);
+    let models: Value = client().get(format!("{}/v1/models", server.url)).send().unwrap().json().unwrap();
+    assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
+    let health: Value = client().get(format!("{}/health", server.url)).send().unwrap().json().unwrap();
+    assert_eq!(health["status"], "ok");
+
+    let page = client().get(&server.url).header("accept-encoding", "gzip").send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let etag = page.headers()["etag"].clone();
+    let cached = client().get(&server.url).header("if-none-match", etag).send().unwrap();
+    assert_eq!(cached.status(), 304);
+    for (path, kind) in [("/app.js", "text/javascript"), ("/style.css", "text/css"), ("/favicon.svg", "image/svg+xml")]
+    {
+        let response = client().get(format!("{}{path}", server.url)).send().unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+    }
+    assert_eq!(client().get(format!("{}/../../etc/passwd", server.url)).send().unwrap().status(), 404);
+}
+
+/// Sums a field over every mapping in /proc/PID/smaps whose path is `path`, and the process's anonymous memory.
+fn memory_of(pid: u32, path: &std::path::Path) -> (u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let path = path.canonicalize().unwrap();
+    let mut in_bundle = false;
+    let mut bundle_rss_kb = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            in_bundle = line.trim_end().ends_with(path.to_str().unwrap());
+        } else if in_bundle && line.starts_with("Rss:") {
+            bundle_rss_kb += line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
+        }
+    }
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let anon_kb = rollup
+        .lines()
+        .find(|l| l.starts_with("Anonymous:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    (bundle_rss_kb * 1024, anon_kb * 1024)
+}
+
+#[test]
+fn the_weights_are_mapped_from_the_bundle_never_copied() {
+    let model_size = std::fs::metadata(common::model()).unwrap().len();
+    let mapped = Server::start(bundle(), &[]);
+    let (status, _) = mapped.chat(ask("Describe a stove."));
+    assert_eq!(status, 200);
+    let (bundle_rss, anon_mapped) = memory_of(mapped.pid(), bundle());
+    // After an answer every weight has been read, through file-backed pages of the bundle itself.
+    assert!(bundle_rss > model_size * 9 / 10, "only {bundle_rss} bytes of the bundle are resident");
+
+    let copied = Server::start(bundle(), &["--no-mmap"]);
+    let (status, _) = copied.chat(ask("Describe a stove."));
+    assert_eq!(status, 200);
+    let (_, anon_copied) = memory_of(copied.pid(), bundle());
+    // Reading the weights into memory costs their size in anonymous memory; mapping them does not.
+    assert!(
+        anon_mapped + model_size * 3 / 4 < anon_copied,
+        "anonymous memory: {anon_mapped} mapped vs {anon_copied} copied, model {model_size}"
+    );
+}
+
+#[test]
+fn a_taken_port_moves_to_the_next_one() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut child = std::process::Command::new(bundle())
+        .args(["--port", &port.to_string(), "--no-browser"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("port {port} is in use")), "{stderr}");
+    assert!(!line.contains(&format!(":{port}/")), "{line}");
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let mut server = Server::start(bundle(), &[]);
+    let pid = server.pid() as libc::pid_t;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
