@@ -78,7 +78,6 @@ impl ModelSpan {
 /// A bundle's payload, checked against the real file.
 #[derive(Debug, Clone)]
 pub struct Bundle {
-    pub path: PathBuf,
     pub manifest: Manifest,
     pub model: ModelSpan,
     pub default_args: Vec<String>,
@@ -217,7 +216,7 @@ impl Bundle {
             web.push((name[WEB_PREFIX.len()..].to_string(), data));
         }
         let model = ModelSpan { path: path.to_path_buf(), offset: model_offset, len: model_len };
-        Ok(Some(Bundle { path: path.to_path_buf(), manifest, model, default_args, web }))
+        Ok(Some(Bundle { manifest, model, default_args, web }))
     }
 }
 

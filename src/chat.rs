@@ -7,14 +7,14 @@ use anyhow::{bail, Result};
 
 use crate::bundle::ModelSource;
 use crate::cli::{ChatArgs, RunArgs};
-use crate::engine::{ChatMessage, Engine, Event, Finish, Prompt, Request};
+use crate::engine::{ChatMessage, Engine, Event, Finish, Request};
 use crate::serve::engine_config;
 
 pub fn run(source: &ModelSource, run: &RunArgs, args: &ChatArgs) -> Result<()> {
     let engine = Engine::start(source, engine_config(run))?;
     engine.wait_ready()?;
     let request = |messages: Vec<ChatMessage>| Request {
-        prompt: Prompt::Chat(messages),
+        messages,
         sampling: run.sampling(),
         max_tokens: args.max_tokens,
         stop: Vec::new(),
@@ -65,7 +65,7 @@ fn answer(engine: &Engine, request: Request, out: &mut impl Write) -> Result<(St
     let mut text = String::new();
     while let Some(event) = events.blocking_recv() {
         match event {
-            Event::Started { .. } => {}
+            Event::Started => {}
             Event::Text(piece) => {
                 out.write_all(piece.as_bytes())?;
                 out.flush()?;

@@ -40,8 +40,8 @@ pub enum GgufError {
 enum Value {
     Uint(u64),
     Int(i64),
-    Float(f64),
-    Bool(bool),
+    /// Floats and booleans: nothing stove reads.
+    Other,
     Str(String),
 }
 
@@ -256,8 +256,14 @@ impl<R: Read + Seek> HeaderReader<R> {
             3 => Value::Int(i16::from_le_bytes(self.bytes()?).into()),
             4 => Value::Uint(self.u32()?.into()),
             5 => Value::Int(i32::from_le_bytes(self.bytes()?).into()),
-            6 => Value::Float(f32::from_le_bytes(self.bytes()?).into()),
-            7 => Value::Bool(self.bytes::<1>()?[0] != 0),
+            6 => {
+                self.bytes::<4>()?;
+                Value::Other
+            }
+            7 => {
+                self.bytes::<1>()?;
+                Value::Other
+            }
             8 => match self.string(MAX_KEPT_STRING)? {
                 Some(s) => Value::Str(s),
                 None => return Ok(None),
@@ -270,7 +276,10 @@ impl<R: Read + Seek> HeaderReader<R> {
             }
             10 => Value::Uint(self.u64()?),
             11 => Value::Int(i64::from_le_bytes(self.bytes()?)),
-            12 => Value::Float(f64::from_le_bytes(self.bytes()?)),
+            12 => {
+                self.bytes::<8>()?;
+                Value::Other
+            }
             other => return Err(GgufError::Corrupt(format!("unknown value type {other}"))),
         }))
     }

@@ -35,6 +35,43 @@ pub struct Packed {
     pub size: u64,
 }
 
+/// `stove pack`: checks the arguments, packs, and says what was written.
+pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()> {
+    let Some(model) = &run.model else {
+        bail!("pack needs a model: stove pack --model MODEL.gguf -o OUT");
+    };
+    crate::cli::check_default_args(&args.default_args)
+        .map_err(|e| anyhow::anyhow!("the default arguments after -- are not valid: {e}"))?;
+    let packed = pack(&PackOptions {
+        model: model.clone(),
+        out: args.output.clone(),
+        name: args.name.clone(),
+        engine: args.engine.clone(),
+        web: args.web.clone(),
+        default_args: args.default_args.clone(),
+    })?;
+    let manifest = &packed.bundle.manifest;
+    println!(
+        "packed {} ({} {}, {}) into {} ({})",
+        manifest.name,
+        manifest.model.architecture,
+        manifest.model.quantization,
+        crate::hardware::human_bytes(manifest.model.size),
+        args.output.display(),
+        crate::hardware::human_bytes(packed.size)
+    );
+    if packed.size > FAT32_LIMIT {
+        eprintln!(
+            "warning: {} is over 4 GiB. It will not fit on a FAT32 USB stick (format it as exFAT), and Windows \
+             will not run an executable this large: there, copy a bare stove engine beside it and start \
+             `stove --model {}`",
+            args.output.display(),
+            args.output.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
 pub fn pack(options: &PackOptions) -> Result<Packed> {
     let source = bundle::open_model(&options.model)?;
     let span = source.span().clone();
@@ -130,11 +167,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     set_executable(temp.as_file())?;
     let size = temp.as_file().metadata()?.len();
     temp.persist(&options.out).with_context(|| format!("while moving the packed file to {}", options.out.display()))?;
-    let bundle = Bundle {
-        path: options.out.clone(),
-        model: bundle::ModelSpan { path: options.out.clone(), ..bundle.model },
-        ..bundle
-    };
+    let bundle = Bundle { model: bundle::ModelSpan { path: options.out.clone(), ..bundle.model }, ..bundle };
     Ok(Packed { bundle, size })
 }
 
@@ -228,41 +261,4 @@ mod tests {
         assert_eq!(default_name("SmolLM2-135M-Instruct.Q4_1.gguf"), "SmolLM2-135M-Instruct.Q4_1");
         assert_eq!(default_name("model.bin"), "model.bin");
     }
-}
-
-/// `stove pack`: checks the arguments, packs, and says what was written.
-pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()> {
-    let Some(model) = &run.model else {
-        bail!("pack needs a model: stove pack --model MODEL.gguf -o OUT");
-    };
-    crate::cli::check_default_args(&args.default_args)
-        .map_err(|e| anyhow::anyhow!("the default arguments after -- are not valid: {e}"))?;
-    let packed = pack(&PackOptions {
-        model: model.clone(),
-        out: args.output.clone(),
-        name: args.name.clone(),
-        engine: args.engine.clone(),
-        web: args.web.clone(),
-        default_args: args.default_args.clone(),
-    })?;
-    let manifest = &packed.bundle.manifest;
-    println!(
-        "packed {} ({} {}, {}) into {} ({})",
-        manifest.name,
-        manifest.model.architecture,
-        manifest.model.quantization,
-        crate::hardware::human_bytes(manifest.model.size),
-        args.output.display(),
-        crate::hardware::human_bytes(packed.size)
-    );
-    if packed.size > FAT32_LIMIT {
-        eprintln!(
-            "warning: {} is over 4 GiB. It will not fit on a FAT32 USB stick (format it as exFAT), and Windows \
-             will not run an executable this large: there, copy a bare stove engine beside it and start \
-             `stove --model {}`",
-            args.output.display(),
-            args.output.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
-        );
-    }
-    Ok(())
 }

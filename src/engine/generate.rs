@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::text::{Scan, StopMatcher, Utf8Decoder};
 use super::{
     ffi, init_backend, page_in, ChatMessage, EngineConfig, EngineError, Event, Finish, FinishReason, Job, LoadState,
-    Prompt, Request, Runtime,
+    Request, Runtime,
 };
 use crate::bundle::ModelSpan;
 
@@ -109,11 +109,7 @@ impl Worker<'_> {
         }
     }
 
-    fn render(&self, prompt: &Prompt) -> Result<String, EngineError> {
-        let messages = match prompt {
-            Prompt::Text(text) => return Ok(text.clone()),
-            Prompt::Chat(messages) => messages,
-        };
+    fn render(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
         let system = self
             .system_prompt
             .as_ref()
@@ -133,7 +129,7 @@ impl Worker<'_> {
         let inference = |e: &dyn std::fmt::Display| Stopped::Failed(EngineError::Inference(e.to_string()));
         let vocab = self.model.vocab();
 
-        let prompt = self.render(&request.prompt)?;
+        let prompt = self.render(&request.messages)?;
         let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
         let context_size = self.ctx.n_ctx();
         let prompt_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
@@ -143,7 +139,7 @@ impl Worker<'_> {
         if prompt_tokens >= context_size {
             return Err(EngineError::PromptTooLong { prompt_tokens, context_size }.into());
         }
-        send(Event::Started { prompt_tokens })?;
+        send(Event::Started)?;
 
         let prompt_started = Instant::now();
         self.ctx.clear_kv_cache();

@@ -82,14 +82,8 @@ pub struct ChatMessage {
 }
 
 #[derive(Debug, Clone)]
-pub enum Prompt {
-    Chat(Vec<ChatMessage>),
-    Text(String),
-}
-
-#[derive(Debug, Clone)]
 pub struct Request {
-    pub prompt: Prompt,
+    pub messages: Vec<ChatMessage>,
     pub sampling: SamplingParams,
     /// Most tokens to generate; `None` means until the context is full.
     pub max_tokens: Option<u32>,
@@ -116,7 +110,8 @@ pub struct Finish {
 /// What a request receives, in order: `Started` or `Failed`, then `Text`s, then `Done`.
 #[derive(Debug)]
 pub enum Event {
-    Started { prompt_tokens: u32 },
+    /// The prompt fits the context and generation has begun.
+    Started,
     Text(String),
     Done(Finish),
     Failed(EngineError),

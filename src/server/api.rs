@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::body::Body;
 use super::AppState;
-use crate::engine::{self, ChatMessage, EngineError, Event, Finish, LoadState, Prompt, SamplingParams};
+use crate::engine::{self, ChatMessage, EngineError, Event, Finish, LoadState, SamplingParams};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 4 << 20;
@@ -286,7 +286,7 @@ fn parse_chat_request(bytes: &[u8], defaults: &SamplingParams) -> Result<ChatReq
         Some(Stop::Many(list)) => list,
     };
     Ok(ChatRequest {
-        request: engine::Request { prompt: Prompt::Chat(messages), sampling, max_tokens, stop },
+        request: engine::Request { messages, sampling, max_tokens, stop },
         stream: raw.stream,
         include_usage: raw.stream_options.is_some_and(|o| o.include_usage),
     })
@@ -305,7 +305,7 @@ async fn chat_completions_inner(state: &AppState, request: Request<Incoming>) ->
     let mut events = state.engine.submit(chat.request)?;
     // The first event says whether the prompt fits; errors before it are answered with a status.
     match events.recv().await {
-        Some(Event::Started { .. }) => {}
+        Some(Event::Started) => {}
         Some(Event::Failed(error)) => return Err(error.into()),
         _ => return Err(EngineError::Inference("the engine ended the request without an answer".into()).into()),
     }
@@ -339,7 +339,7 @@ async fn chat_completions_inner(state: &AppState, request: Request<Incoming>) ->
                 return Ok(json_response(StatusCode::OK, &body));
             }
             Event::Failed(error) => return Err(error.into()),
-            Event::Started { .. } => {}
+            Event::Started => {}
         }
     }
     Err(EngineError::Inference("the engine stopped in the middle of the answer".into()).into())
@@ -409,7 +409,7 @@ async fn stream_chunks(
                 return;
             }
             Event::Failed(error) => ApiError::from(error).body(),
-            Event::Started { .. } => continue,
+            Event::Started => continue,
         };
         // A failed send means the client has gone: returning drops `events`, which stops the generation.
         if chunks.send(sse(&chunk)).await.is_err() {
@@ -488,7 +488,6 @@ mod tests {
         assert_eq!(chat.request.stop, vec!["\n"]);
         assert_eq!(chat.request.sampling.temperature, 0.0);
         assert_eq!(chat.request.sampling.seed, Some(7));
-        let Prompt::Chat(messages) = chat.request.prompt else { panic!() };
-        assert_eq!(messages, vec![ChatMessage { role: "user".into(), content: "hi".into() }]);
+        assert_eq!(chat.request.messages, vec![ChatMessage { role: "user".into(), content: "hi".into() }]);
     }
 }
