@@ -5,7 +5,7 @@
 //! the same seed at temperature 0, with usage and finish_reason; bad requests get 4xx with an OpenAI error
 //! body naming the problem and the server keeps serving; a prompt longer than the context is refused with
 //! context_length_exceeded; the weights are file-backed pages of the bundle, not anonymous memory; a taken
-//! port moves to the next; SIGTERM stops it with status 0.
+//! port moves to the next; SIGTERM stops it with status 0; a page packed with `--web` replaces the built-in one.
 
 mod common;
 
@@ -238,4 +238,21 @@ fn sigterm_stops_the_server_cleanly() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_page_packed_with_the_bundle_replaces_the_built_in_one() {
+    let web = common::scratch().join("kitchen-page");
+    std::fs::create_dir_all(web.join("img")).unwrap();
+    std::fs::write(web.join("index.html"), "<h1>My kitchen</h1>").unwrap();
+    std::fs::write(web.join("img/pot.svg"), "<svg/>").unwrap();
+    let custom = common::scratch().join("kitchen.stove");
+    common::pack(&custom, &["--web", web.to_str().unwrap()]);
+    let server = Server::start(&custom, &[]);
+    assert_eq!(client().get(&server.url).send().unwrap().text().unwrap(), "<h1>My kitchen</h1>");
+    let svg = client().get(format!("{}/img/pot.svg", server.url)).send().unwrap();
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    assert_eq!(client().get(format!("{}/app.js", server.url)).send().unwrap().status(), 404);
+    // The API is unchanged.
+    assert_eq!(server.chat(ask("Hi")).0, 200);
 }

@@ -81,7 +81,8 @@ impl Server {
     pub fn spawn(program: &Path, args: &[&str]) -> Server {
         let mut child = Command::new(program)
             .args(args)
-            .args(["--port", "0", "--no-browser"])
+            // One thread each: several test servers share two cores, and llama.cpp's spinning threads would fight.
+            .args(["--port", "0", "--no-browser", "--threads", "1"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
