@@ -7,6 +7,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,6 +16,9 @@ use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;
 
 use crate::bundle::{self, Bundle, Manifest, ModelManifest, ARGS_ENTRY, MANIFEST_ENTRY, MODEL_ALIGNMENT, MODEL_ENTRY};
+
+/// Set by Ctrl-C or SIGTERM while packing: the copy stops and the temporary file is removed.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// A bundle at least this large cannot live on FAT32, and Windows refuses to run an executable this large.
 pub const FAT32_LIMIT: u64 = (4 << 30) - 1;
@@ -40,6 +44,8 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
     let Some(model) = &run.model else {
         bail!("pack needs a model: stove pack --model MODEL.gguf -o OUT");
     };
+    // Without this, Ctrl-C would end the process before the temporary file's destructor removes it.
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).context("while installing a Ctrl-C handler")?;
     crate::cli::check_default_args(&args.default_args)
         .map_err(|e| anyhow::anyhow!("the default arguments after -- are not valid: {e}"))?;
     let packed = pack(&PackOptions {
@@ -126,7 +132,13 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
     zip.start_file(MODEL_ENTRY, stored.with_alignment(half as u16).large_file(span.len >= u32::MAX as u64))
         .with_context(write_context)?;
-    let sha256 = copy_with_progress(&span, &mut zip).with_context(write_context)?;
+    let sha256 = match copy_with_progress(&span, &mut zip) {
+        Ok(sha256) => sha256,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            bail!("packing was interrupted; {} was not written", options.out.display())
+        }
+        Err(e) => return Err(e).with_context(write_context),
+    };
 
     let manifest = Manifest {
         format: bundle::FORMAT_VERSION,
@@ -184,6 +196,9 @@ fn copy_with_progress(span: &bundle::ModelSpan, out: &mut impl Write) -> io::Res
     let mut buf = vec![0u8; 1 << 20];
     let mut copied = 0;
     loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
         let n = model.read(&mut buf)?;
         if n == 0 {
             break;

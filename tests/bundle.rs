@@ -3,7 +3,7 @@
 //! Checks: the bundle is a ZIP with the model stored at a 64 KiB-aligned offset and a manifest naming it;
 //! it is executable; default arguments are stored and checked; re-packing replaces the payload; a truncated
 //! copy fails with a clear message; an engine without a model says how to pack one; bad pack inputs leave no
-//! output; `info` and `chat -p` work on a bundle.
+//! output; an interrupted pack removes its temporary file; `info` and `chat -p` work on a bundle.
 
 mod common;
 
@@ -141,4 +141,41 @@ fn a_bare_engine_serves_a_plain_gguf_or_another_bundle() {
         assert!(output.status.success(), "{}: {}", source.display(), stderr(&output));
         assert!(!String::from_utf8_lossy(&output.stdout).trim().is_empty());
     }
+}
+
+#[test]
+fn an_interrupted_pack_leaves_nothing_behind() {
+    let dir = scratch().join("interrupted");
+    fs::create_dir_all(&dir).unwrap();
+    // A valid GGUF header followed by 3 GiB of (sparse) zeros: large enough to interrupt mid-copy.
+    let big = dir.join("big.gguf");
+    fs::copy(model(), &big).unwrap();
+    fs::File::options().write(true).open(&big).unwrap().set_len(3 << 30).unwrap();
+    let out = dir.join("big.stove");
+    let mut child = common::stove()
+        .args(["pack", "--model", big.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial_size = || {
+        fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .max()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while partial_size().unwrap_or(0) < 64 << 20 {
+        assert!(std::time::Instant::now() < deadline, "pack never got going");
+        assert!(child.try_wait().unwrap().is_none(), "pack ended before it could be interrupted");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("interrupted"), "{}", stderr(&output));
+    assert!(!out.exists());
+    assert_eq!(partial_size(), None, "the temporary file was left behind");
 }
