@@ -5,7 +5,8 @@
 //! the same seed at temperature 0, with usage and finish_reason; bad requests get 4xx with an OpenAI error
 //! body naming the problem and the server keeps serving; a prompt longer than the context is refused with
 //! context_length_exceeded; the weights are file-backed pages of the bundle, not anonymous memory; a taken
-//! port moves to the next; SIGTERM stops it with status 0; a page packed with `--web` replaces the built-in one.
+//! port moves to the next; SIGTERM stops it with status 0; a page packed with `--web` replaces the built-in one;
+//! while the model loads, /health and the API answer 503 with the progress.
 
 mod common;
 
@@ -255,4 +256,27 @@ fn a_page_packed_with_the_bundle_replaces_the_built_in_one() {
     assert_eq!(client().get(format!("{}/app.js", server.url)).send().unwrap().status(), 404);
     // The API is unchanged.
     assert_eq!(server.chat(ask("Hi")).0, 200);
+}
+
+#[test]
+fn health_answers_503_with_progress_while_the_model_loads() {
+    // The real model followed by 6 GiB of sparse zeros: reading it through takes long enough to watch.
+    let big = common::scratch().join("slow-to-load.gguf");
+    std::fs::copy(common::model(), &big).unwrap();
+    std::fs::File::options().write(true).open(&big).unwrap().set_len(6 << 30).unwrap();
+    let engine = std::path::PathBuf::from(env!("CARGO_BIN_EXE_stove"));
+    let server = Server::spawn(&engine, &["--model", big.to_str().unwrap()]);
+    let response = client().get(format!("{}/health", server.url)).send().unwrap();
+    assert_eq!(response.status(), 503, "the model cannot be loaded already");
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["status"], "loading");
+    let progress = body["progress"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&progress), "{body}");
+    let (status, refused) = server.chat(ask("Are you there?"));
+    assert_eq!(status, 503, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("still loading"), "{refused}");
+    server.wait_healthy();
+    assert_eq!(server.chat(ask("Are you there?")).0, 200);
+    std::fs::remove_file(&big).unwrap();
 }
