@@ -3,7 +3,7 @@
 //! Checks: the bundle is a ZIP with the model stored at a 64 KiB-aligned offset and a manifest naming it;
 //! it is executable; default arguments are stored and checked; re-packing replaces the payload; a truncated
 //! copy fails with a clear message; an engine without a model says how to pack one; bad pack inputs leave no
-//! output; an interrupted pack removes its temporary file; `info` and `chat -p` work on a bundle.
+//! output; an interrupted pack removes its temporary file; `info`, `chat -p` and `chat` on stdin work.
 
 mod common;
 
@@ -178,4 +178,22 @@ fn an_interrupted_pack_leaves_nothing_behind() {
     assert!(stderr(&output).contains("interrupted"), "{}", stderr(&output));
     assert!(!out.exists());
     assert_eq!(partial_size(), None, "the temporary file was left behind");
+}
+
+#[test]
+fn chat_reads_a_conversation_from_stdin() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(bundle())
+        .args(["chat", "--temperature", "0", "--max-tokens", "16", "--threads", "1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"What is the capital of France?\nAnd of Italy?\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let answers = String::from_utf8_lossy(&output.stdout);
+    assert!(answers.contains("Paris"), "{answers}");
+    assert!(answers.contains("Rome"), "the second answer follows the first: {answers}");
 }

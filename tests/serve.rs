@@ -6,7 +6,7 @@
 //! body naming the problem and the server keeps serving; a prompt longer than the context is refused with
 //! context_length_exceeded; the weights are file-backed pages of the bundle, not anonymous memory; a taken
 //! port moves to the next; SIGTERM stops it with status 0; a page packed with `--web` replaces the built-in one;
-//! while the model loads, /health and the API answer 503 with the progress.
+//! while the model loads, /health and the API answer 503 with the progress; `--browser` opens the printed URL.
 
 mod common;
 
@@ -279,4 +279,33 @@ fn health_answers_503_with_progress_while_the_model_loads() {
     server.wait_healthy();
     assert_eq!(server.chat(ask("Are you there?")).0, 200);
     std::fs::remove_file(&big).unwrap();
+}
+
+#[test]
+fn browser_opens_the_page_when_asked() {
+    // webbrowser honours $BROWSER: a script that records the address it was given.
+    let dir = common::scratch().join("browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    let opened = dir.join("opened.txt");
+    let script = dir.join("fake-browser.sh");
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$1\" > {}.tmp && mv {0}.tmp {0}\n", opened.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut child = std::process::Command::new(bundle())
+        .args(["--port", "0", "--browser", "--threads", "1"])
+        .env("BROWSER", &script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !opened.exists() {
+        assert!(std::time::Instant::now() < deadline, "no browser was opened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let url = std::fs::read_to_string(&opened).unwrap();
+    assert!(line.trim_end().ends_with(url.trim()), "opened {url:?}, printed {line:?}");
 }
