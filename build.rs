@@ -16,6 +16,13 @@ fn main() {
     }
     copy_page(Path::new("web"), &out);
 
+    // Rebuild the version string when the checked-out commit moves.
+    if let Ok(head) = fs::read_to_string(".git/HEAD") {
+        println!("cargo:rerun-if-changed=.git/HEAD");
+        if let Some(reference) = head.trim().strip_prefix("ref: ") {
+            println!("cargo:rerun-if-changed=.git/{reference}");
+        }
+    }
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

@@ -11,7 +11,7 @@ use crate::engine::SamplingParams;
 #[derive(Debug, Parser)]
 #[command(
     name = "stove",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("STOVE_COMMIT"), ")"),
     about = "Pack a GGUF model into one executable that serves a local chat page and an OpenAI-compatible API",
     long_about = None,
     // A bundle's default arguments come first; a flag the user repeats replaces the default.

@@ -144,6 +144,7 @@ pub fn info(state: &AppState) -> Response<Body> {
             "model": state.engine.info(),
             "runtime": runtime,
             "stove_version": env!("CARGO_PKG_VERSION"),
+            "stove_commit": env!("STOVE_COMMIT"),
         }),
     )
 }
