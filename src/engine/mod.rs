@@ -149,15 +149,21 @@ pub struct Engine {
 
 struct Shared {
     info: ModelInfo,
-    state: Mutex<LoadState>,
-    state_changed: Condvar,
+    status: Arc<Status>,
+    /// The worker's queue; when the last handle is gone the worker ends and frees the model.
     jobs: SyncSender<Job>,
 }
 
-impl Shared {
-    fn set_state(&self, state: LoadState) {
+/// The load state, shared with the worker thread, which changes it.
+struct Status {
+    state: Mutex<LoadState>,
+    changed: Condvar,
+}
+
+impl Status {
+    fn set(&self, state: LoadState) {
         *self.state.lock().expect("state lock") = state;
-        self.state_changed.notify_all();
+        self.changed.notify_all();
     }
 }
 
@@ -180,20 +186,16 @@ impl Engine {
             size: span.len,
         };
         let (jobs, queue) = sync_channel::<Job>(QUEUE_DEPTH);
-        let shared = Arc::new(Shared {
-            info,
-            state: Mutex::new(LoadState::Loading { permille: 0 }),
-            state_changed: Condvar::new(),
-            jobs,
-        });
-        let worker_shared = Arc::clone(&shared);
+        let status =
+            Arc::new(Status { state: Mutex::new(LoadState::Loading { permille: 0 }), changed: Condvar::new() });
+        let worker_status = Arc::clone(&status);
         std::thread::Builder::new().name("stove-engine".into()).spawn(move || {
-            let set_state = |s: LoadState| worker_shared.set_state(s);
+            let set_state = |s: LoadState| worker_status.set(s);
             if let Err(message) = generate::run_worker(&span, &config, &set_state, queue) {
                 set_state(LoadState::Failed(message));
             }
         })?;
-        Ok(Engine { shared })
+        Ok(Engine { shared: Arc::new(Shared { info, status, jobs }) })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -201,17 +203,17 @@ impl Engine {
     }
 
     pub fn state(&self) -> LoadState {
-        self.shared.state.lock().expect("state lock").clone()
+        self.shared.status.state.lock().expect("state lock").clone()
     }
 
     /// Blocks until the model is loaded (or failed).
     pub fn wait_ready(&self) -> Result<Runtime, EngineError> {
-        let mut state = self.shared.state.lock().expect("state lock");
+        let mut state = self.shared.status.state.lock().expect("state lock");
         loop {
             match &*state {
                 LoadState::Ready(runtime) => return Ok(runtime.clone()),
                 LoadState::Failed(message) => return Err(EngineError::LoadFailed(message.clone())),
-                LoadState::Loading { .. } => state = self.shared.state_changed.wait(state).expect("state lock"),
+                LoadState::Loading { .. } => state = self.shared.status.changed.wait(state).expect("state lock"),
             }
         }
     }
