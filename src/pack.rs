@@ -128,18 +128,6 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     let header_at = (engine_len.div_ceil(half) | 1) * half;
     io::copy(&mut io::repeat(0).take(header_at - engine_len), &mut out).with_context(write_context)?;
 
-    let mut zip = zip::ZipWriter::new(out);
-    let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
-    zip.start_file(MODEL_ENTRY, stored.with_alignment(half as u16).large_file(span.len >= u32::MAX as u64))
-        .with_context(write_context)?;
-    let sha256 = match copy_with_progress(&span, &mut zip) {
-        Ok(sha256) => sha256,
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-            bail!("packing was interrupted; {} was not written", options.out.display())
-        }
-        Err(e) => return Err(e).with_context(write_context),
-    };
-
     let manifest = Manifest {
         format: bundle::FORMAT_VERSION,
         name,
@@ -148,7 +136,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         model: ModelManifest {
             file_name,
             size: span.len,
-            sha256,
+            sha256: String::new(), // computed while copying
             architecture: info.architecture,
             parameters: info.parameters,
             quantization: info.quantization,
@@ -156,19 +144,13 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
             has_chat_template: info.chat_template.is_some(),
         },
     };
-    zip.start_file(MANIFEST_ENTRY, stored).with_context(write_context)?;
-    zip.write_all(&serde_json::to_vec_pretty(&manifest)?).with_context(write_context)?;
-    if !options.default_args.is_empty() {
-        zip.start_file(ARGS_ENTRY, stored).with_context(write_context)?;
-        zip.write_all(&serde_json::to_vec_pretty(&options.default_args)?).with_context(write_context)?;
-    }
-    let deflated = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
-    for (name, path) in &web_files {
-        zip.start_file(format!("{}{name}", bundle::WEB_PREFIX), deflated).with_context(write_context)?;
-        io::copy(&mut File::open(path)?, &mut zip).with_context(write_context)?;
-    }
-    let out = zip.finish().with_context(write_context)?;
-    let file = out.into_inner().map_err(|e| e.into_error()).with_context(write_context)?;
+    let (file, manifest) = match write_payload(out, &span, manifest, &options.default_args, &web_files) {
+        Ok(written) => written,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            bail!("packing was interrupted; {} was not written", options.out.display())
+        }
+        Err(e) => return Err(e).with_context(write_context),
+    };
     file.sync_all().with_context(write_context)?;
 
     // Read the result back exactly as a run would, before it takes the output's name.
@@ -181,6 +163,44 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     temp.persist(&options.out).with_context(|| format!("while moving the packed file to {}", options.out.display()))?;
     let bundle = Bundle { model: bundle::ModelSpan { path: options.out.clone(), ..bundle.model }, ..bundle };
     Ok(Packed { bundle, size })
+}
+
+/// Writes the archive after the engine: the model (aligned, stored), the manifest with the model's SHA-256,
+/// the default arguments and the page files. Returns the file and the completed manifest.
+fn write_payload(
+    out: BufWriter<File>,
+    span: &bundle::ModelSpan,
+    mut manifest: Manifest,
+    default_args: &[String],
+    web_files: &[(String, PathBuf)],
+) -> io::Result<(File, Manifest)> {
+    let mut zip = zip::ZipWriter::new(out);
+    let mut write_entries = |zip: &mut zip::ZipWriter<BufWriter<File>>| -> io::Result<()> {
+        let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+        let half = (MODEL_ALIGNMENT / 2) as u16;
+        zip.start_file(MODEL_ENTRY, stored.with_alignment(half).large_file(span.len >= u32::MAX as u64))?;
+        manifest.model.sha256 = copy_with_progress(span, zip)?;
+        zip.start_file(MANIFEST_ENTRY, stored)?;
+        zip.write_all(&serde_json::to_vec_pretty(&manifest)?)?;
+        if !default_args.is_empty() {
+            zip.start_file(ARGS_ENTRY, stored)?;
+            zip.write_all(&serde_json::to_vec_pretty(default_args)?)?;
+        }
+        let deflated = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
+        for (name, path) in web_files {
+            zip.start_file(format!("{}{name}", bundle::WEB_PREFIX), deflated)?;
+            io::copy(&mut File::open(path)?, zip)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = write_entries(&mut zip) {
+        // Dropping the writer would try to finish the broken archive and print that second failure to stderr;
+        // the temporary file is deleted by its owner either way.
+        std::mem::forget(zip);
+        return Err(e);
+    }
+    let file = zip.finish()?.into_inner().map_err(|e| e.into_error())?;
+    Ok((file, manifest))
 }
 
 /// Streams the GGUF into the archive, returning its SHA-256, with a progress bar on a terminal.

@@ -3,7 +3,7 @@
 //! Checks: the bundle is a ZIP with the model stored at a 64 KiB-aligned offset and a manifest naming it;
 //! it is executable; default arguments are stored and checked; re-packing replaces the payload; a truncated
 //! copy fails with a clear message; an engine without a model says how to pack one; bad pack inputs leave no
-//! output; an interrupted pack removes its temporary file; `info`, `chat -p` and `chat` on stdin work.
+//! output; an interrupted pack or a full disk leaves nothing behind; `info`, `chat -p` and `chat` on stdin work.
 
 mod common;
 
@@ -196,4 +196,38 @@ fn chat_reads_a_conversation_from_stdin() {
     let answers = String::from_utf8_lossy(&output.stdout);
     assert!(answers.contains("Paris"), "{answers}");
     assert!(answers.contains("Rome"), "the second answer follows the first: {answers}");
+}
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_named_and_leaves_nothing_behind() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs to fill needs root (CI runs as root)");
+        return;
+    }
+    let dir = scratch().join("small-disk");
+    fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=50m", "tmpfs", dir.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "cannot mount a tmpfs at {}", dir.display());
+    let _disk = SmallDisk(dir.clone());
+    let out = dir.join("too-big.stove");
+    let model = model();
+    let output = run(&["pack", "--model", model.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains("No space left on device") && message.contains("free at least"), "{message}");
+    assert!(!message.contains("ZipWriter"), "only one clear message: {message}");
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "nothing may be left on the full disk");
 }
