@@ -216,19 +216,13 @@ fn the_weights_are_mapped_from_the_bundle_never_copied() {
 fn a_taken_port_moves_to_the_next_one() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let mut child = std::process::Command::new(bundle())
-        .args(["--port", &port.to_string(), "--no-browser"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _ = child.kill();
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut command = std::process::Command::new(bundle());
+    command.args(["--port", &port.to_string(), "--no-browser", "--threads", "1"]);
+    let server = Server::launch(command);
+    let url = server.url.clone();
+    let stderr = server.stop();
     assert!(stderr.contains(&format!("port {port} is in use")), "{stderr}");
-    assert!(!line.contains(&format!(":{port}/")), "{line}");
+    assert!(!url.ends_with(&format!(":{port}")), "{url}");
 }
 
 #[test]
@@ -290,22 +284,14 @@ fn browser_opens_the_page_when_asked() {
     let script = dir.join("fake-browser.sh");
     std::fs::write(&script, format!("#!/bin/sh\necho \"$1\" > {}.tmp && mv {0}.tmp {0}\n", opened.display())).unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut child = std::process::Command::new(bundle())
-        .args(["--port", "0", "--browser", "--threads", "1"])
-        .env("BROWSER", &script)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut command = std::process::Command::new(bundle());
+    command.args(["--port", "0", "--browser", "--threads", "1"]).env("BROWSER", &script);
+    let server = Server::launch(command);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !opened.exists() {
         assert!(std::time::Instant::now() < deadline, "no browser was opened");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let _ = child.kill();
-    let _ = child.wait();
     let url = std::fs::read_to_string(&opened).unwrap();
-    assert!(line.trim_end().ends_with(url.trim()), "opened {url:?}, printed {line:?}");
+    assert_eq!(url.trim().trim_end_matches('/'), server.url, "the browser got another address");
 }

@@ -79,15 +79,16 @@ impl Server {
 
     /// Starts it and returns once it has printed its URL, without waiting for the model.
     pub fn spawn(program: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(program)
-            .args(args)
-            // One thread each: several test servers share two cores, and llama.cpp's spinning threads would fight.
-            .args(["--port", "0", "--no-browser", "--threads", "1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start stove");
+        let mut command = Command::new(program);
+        // One thread each: several test servers share two cores, and llama.cpp's spinning threads would fight.
+        command.args(args).args(["--port", "0", "--no-browser", "--threads", "1"]);
+        Server::launch(command)
+    }
+
+    /// Runs `command` (stdout and stderr piped) and returns once it has printed its URL.
+    pub fn launch(mut command: Command) -> Server {
+        let mut child =
+            command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start stove");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read stove's first line");
         let Some(url) = line.trim().split(" at ").nth(1).map(|u| u.trim_end_matches('/').to_string()) else {
@@ -96,6 +97,14 @@ impl Server {
             panic!("stove printed no URL: {line:?}; stderr: {}", String::from_utf8_lossy(&output.stderr));
         };
         Server { child, url }
+    }
+
+    /// Stops the server and returns what it wrote to stderr.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        stderr
     }
 
     pub fn wait_healthy(&self) {
