@@ -40,8 +40,6 @@ pub enum GgufError {
 enum Value {
     Uint(u64),
     Int(i64),
-    /// Floats and booleans: nothing stove reads.
-    Other,
     Str(String),
 }
 
@@ -169,6 +167,17 @@ pub fn file_type_name(file_type: u64) -> String {
     name.to_string()
 }
 
+/// Bytes of a GGUF value of fixed size; `None` for strings and arrays.
+fn scalar_size(value_type: u32) -> Option<u64> {
+    match value_type {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    }
+}
+
 /// Little-endian reads within `[offset, offset + len)` of a file, with every length checked against the end.
 struct HeaderReader<R> {
     inner: BufReader<R>,
@@ -256,14 +265,8 @@ impl<R: Read + Seek> HeaderReader<R> {
             3 => Value::Int(i16::from_le_bytes(self.bytes()?).into()),
             4 => Value::Uint(self.u32()?.into()),
             5 => Value::Int(i32::from_le_bytes(self.bytes()?).into()),
-            6 => {
-                self.bytes::<4>()?;
-                Value::Other
-            }
-            7 => {
-                self.bytes::<1>()?;
-                Value::Other
-            }
+            // Floats and booleans: nothing stove reads.
+            6 | 7 | 12 => return self.skip(scalar_size(value_type).expect("a scalar type")).map(|()| None),
             8 => match self.string(MAX_KEPT_STRING)? {
                 Some(s) => Value::Str(s),
                 None => return Ok(None),
@@ -276,23 +279,12 @@ impl<R: Read + Seek> HeaderReader<R> {
             }
             10 => Value::Uint(self.u64()?),
             11 => Value::Int(i64::from_le_bytes(self.bytes()?)),
-            12 => {
-                self.bytes::<8>()?;
-                Value::Other
-            }
             other => return Err(GgufError::Corrupt(format!("unknown value type {other}"))),
         }))
     }
 
     fn skip_array(&mut self, item_type: u32, count: u64) -> Result<(), GgufError> {
-        let fixed_size = match item_type {
-            0 | 1 | 7 => Some(1),
-            2 | 3 => Some(2),
-            4..=6 => Some(4),
-            10..=12 => Some(8),
-            _ => None,
-        };
-        if let Some(size) = fixed_size {
+        if let Some(size) = scalar_size(item_type) {
             return self.skip(count.saturating_mul(size));
         }
         // Strings and nested arrays: each item takes at least 8 bytes, which bounds the loop.

@@ -20,6 +20,10 @@ use crate::bundle::{self, Bundle, Manifest, ModelManifest, ARGS_ENTRY, MANIFEST_
 /// Set by Ctrl-C or SIGTERM while packing: the copy stops and the temporary file is removed.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// The zip writer aligns entry data to at most this (its alignment is a u16); see `pack` for how the model
+/// still lands on a `MODEL_ALIGNMENT` boundary.
+const ZIP_ALIGNMENT: u64 = MODEL_ALIGNMENT / 2;
+
 /// A bundle at least this large cannot live on FAT32, and Windows refuses to run an executable this large.
 pub const FAT32_LIMIT: u64 = (4 << 30) - 1;
 
@@ -122,10 +126,9 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     if copied != engine_len {
         bail!("the engine {} changed while it was being read", engine_path.display());
     }
-    // The zip writer can align an entry's data to at most 32 KiB. Starting the model's local header at an
-    // odd multiple of 32 KiB puts its data at the next multiple, which is then a multiple of 64 KiB.
-    let half = MODEL_ALIGNMENT / 2;
-    let header_at = (engine_len.div_ceil(half) | 1) * half;
+    // Starting the model's local header at an odd multiple of ZIP_ALIGNMENT puts its data at the next multiple,
+    // which is then a multiple of MODEL_ALIGNMENT.
+    let header_at = (engine_len.div_ceil(ZIP_ALIGNMENT) | 1) * ZIP_ALIGNMENT;
     io::copy(&mut io::repeat(0).take(header_at - engine_len), &mut out).with_context(write_context)?;
 
     let manifest = Manifest {
@@ -177,8 +180,8 @@ fn write_payload(
     let mut zip = zip::ZipWriter::new(out);
     let mut write_entries = |zip: &mut zip::ZipWriter<BufWriter<File>>| -> io::Result<()> {
         let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
-        let half = (MODEL_ALIGNMENT / 2) as u16;
-        zip.start_file(MODEL_ENTRY, stored.with_alignment(half).large_file(span.len >= u32::MAX as u64))?;
+        let aligned = stored.with_alignment(ZIP_ALIGNMENT as u16).large_file(span.len >= u32::MAX as u64);
+        zip.start_file(MODEL_ENTRY, aligned)?;
         manifest.model.sha256 = copy_with_progress(span, zip)?;
         zip.start_file(MANIFEST_ENTRY, stored)?;
         zip.write_all(&serde_json::to_vec_pretty(&manifest)?)?;
