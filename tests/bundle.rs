@@ -12,6 +12,16 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::{bundle, model, pack, run, scratch, MODEL_SHA256};
 
+/// The temporary files `pack` left in `dir`, with their sizes.
+fn partial_files(dir: &std::path::Path) -> Vec<(String, u64)> {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+        .collect()
+}
+
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -105,11 +115,7 @@ fn bad_pack_inputs_are_named_and_leave_no_output() {
     assert!(stderr(&typo).contains("default arguments"), "{}", stderr(&typo));
 
     assert!(!out.exists());
-    let leftovers: Vec<_> = fs::read_dir(scratch())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-        .collect();
+    let leftovers = partial_files(scratch());
     assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
 }
 
@@ -157,14 +163,7 @@ fn an_interrupted_pack_leaves_nothing_behind() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let partial_size = || {
-        fs::read_dir(&dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-            .max()
-    };
+    let partial_size = || partial_files(&dir).into_iter().map(|(_, size)| size).max();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while partial_size().unwrap_or(0) < 64 << 20 {
         assert!(std::time::Instant::now() < deadline, "pack never got going");
