@@ -7,17 +7,18 @@ use anyhow::{bail, Result};
 
 use crate::bundle::ModelSource;
 use crate::cli::{ChatArgs, RunArgs};
-use crate::engine::{ChatMessage, Engine, Event, Finish, Request};
+use crate::engine::{ChatMessage, Engine, Event, Finish, Prompt, Request};
 use crate::serve::engine_config;
 
 pub fn run(source: &ModelSource, run: &RunArgs, args: &ChatArgs) -> Result<()> {
-    let engine = Engine::start(source, engine_config(run))?;
+    let mut config = engine_config(run);
+    // One person types here: one conversation, unless asked otherwise.
+    config.parallel = config.parallel.or(Some(1));
+    let engine = Engine::start(source, config)?;
     engine.wait_ready()?;
     let request = |messages: Vec<ChatMessage>| Request {
-        messages,
-        sampling: run.sampling(),
         max_tokens: args.max_tokens,
-        stop: Vec::new(),
+        ..Request::new(Prompt::Chat(messages), run.sampling())
     };
 
     if let Some(prompt) = &args.prompt {
@@ -65,8 +66,7 @@ fn answer(engine: &Engine, request: Request, out: &mut impl Write) -> Result<(St
     let mut text = String::new();
     while let Some(event) = events.blocking_recv() {
         match event {
-            Event::Started => {}
-            Event::Text(piece) => {
+            Event::Text { text: piece, .. } => {
                 out.write_all(piece.as_bytes())?;
                 out.flush()?;
                 text.push_str(&piece);

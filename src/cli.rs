@@ -48,9 +48,26 @@ pub struct RunArgs {
     /// Port to listen on; if taken, the next free one is used. 0 picks any free port
     #[arg(long, global = true, default_value_t = 8080)]
     pub port: u16,
-    /// Context size in tokens (0: the model's trained context) [default: 4096, at most the trained context]
+    /// Context of each conversation in tokens (0: the model's trained context) [default: 4096, at most the
+    /// trained context]
     #[arg(short = 'c', long, global = true, value_name = "TOKENS")]
     pub ctx_size: Option<u32>,
+    /// Conversations generated at once, in shared batches; more wait in a queue [default: 4, fewer when
+    /// memory is short]
+    #[arg(short = 'n', long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub parallel: Option<u32>,
+    /// Require `Authorization: Bearer KEY` on every API route (needed to listen beyond loopback)
+    #[arg(long, global = true, env = "STOVE_API_KEY", hide_env_values = true, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// Read the API key from the first line of this file (keeps it out of the process list)
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "api_key")]
+    pub api_key_file: Option<PathBuf>,
+    /// Also answer requests whose Host header is this name (localhost and IP addresses always are)
+    #[arg(long, global = true, value_name = "NAME")]
+    pub allow_host: Vec<String>,
+    /// Let web pages from this origin (like http://localhost:3000) call the API; `*` allows any
+    #[arg(long, global = true, value_name = "ORIGIN")]
+    pub cors_origin: Vec<String>,
     /// CPU threads [default: the number of physical cores]
     #[arg(short, long, global = true)]
     pub threads: Option<usize>,
@@ -159,6 +176,26 @@ impl RunArgs {
             min_p: self.min_p,
             seed: self.seed,
         }
+    }
+
+    /// The API key from `--api-key`, `STOVE_API_KEY` or `--api-key-file`.
+    pub fn api_key(&self) -> anyhow::Result<Option<String>> {
+        use anyhow::Context;
+        let key = match (&self.api_key, &self.api_key_file) {
+            (Some(key), _) => key.trim().to_string(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the API key file {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            (None, None) => return Ok(None),
+        };
+        if key.is_empty() {
+            anyhow::bail!("the API key is empty; give a non-empty --api-key or a file whose first line is the key");
+        }
+        Ok(Some(key))
     }
 
     pub fn threads(&self) -> usize {

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use crate::bundle::{self, Bundle, ModelSource};
 use crate::cli::RunArgs;
 use crate::engine::{Engine, EngineConfig};
-use crate::server::{self, AppState, Assets};
+use crate::server::{self, AppState, Assets, Guard};
 
 /// The model to run and the default arguments that come with it: `--model`'s, or this executable's own.
 pub fn model_source(run: &RunArgs) -> Result<(ModelSource, Vec<String>)> {
@@ -36,6 +36,7 @@ pub fn model_source(run: &RunArgs) -> Result<(ModelSource, Vec<String>)> {
 pub fn engine_config(run: &RunArgs) -> EngineConfig {
     EngineConfig {
         ctx_size: run.ctx_size,
+        parallel: run.parallel,
         threads: run.threads(),
         batch_size: run.batch_size,
         gpu_layers: run.gpu_layers,
@@ -51,14 +52,23 @@ pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
         ModelSource::Bundle(bundle) => bundle.web.clone(),
         ModelSource::Gguf(_) => Vec::new(),
     };
-    let state = Arc::new(AppState { engine: engine.clone(), assets: Assets::new(&web), sampling: run.sampling() });
+    let api_key = run.api_key()?;
+    if !run.host.is_loopback() && api_key.is_none() {
+        anyhow::bail!(
+            "refusing to listen on {} without an API key: anyone on the network could use this model. \
+             Add --api-key KEY (or --api-key-file FILE, or set STOVE_API_KEY), or listen on 127.0.0.1",
+            run.host
+        );
+    }
+    let guard = Guard::new(api_key.as_deref(), &run.allow_host, &run.cors_origin);
+    let state = Arc::new(AppState::new(engine.clone(), Assets::new(&web), run.sampling(), guard));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = server::bind(run.host, run.port).await?;
         let url = server::display_url(listener.local_addr()?);
         println!("stove: chat with {} at {url}", engine.info().name);
         if !run.host.is_loopback() {
-            eprintln!("warning: listening on {}, so other machines on the network can use this model", run.host);
+            eprintln!("listening on {}: other machines can use this model with the API key", run.host);
         }
         if should_open_browser(run) {
             if let Err(e) = webbrowser::open(&url) {
@@ -67,8 +77,8 @@ pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
         }
         std::thread::spawn(move || match engine.wait_ready() {
             Ok(runtime) => eprintln!(
-                "model ready in {:.1} s: context {} tokens, {} threads",
-                runtime.load_seconds, runtime.context_size, runtime.threads
+                "model ready in {:.1} s: {} conversations at once, {} tokens each, {} threads",
+                runtime.load_seconds, runtime.parallel, runtime.context_size, runtime.threads
             ),
             Err(e) => {
                 eprintln!("stove: {e}");

@@ -1,41 +1,52 @@
-//! The inference engine: loads the model (mapped from its file, never copied) and runs generations on one
-//! worker thread that owns the llama.cpp context. The server and `stove chat` talk to it over channels.
+//! The inference engine: loads the model (mapped from its file, never copied) and runs many conversations at
+//! once on one worker thread that owns the llama.cpp context. The server and `stove chat` talk to it over
+//! channels.
 //!
-//! A `LlamaContext` is not `Send`, so it never leaves the worker; requests arrive on a bounded queue and each
-//! one's output goes back on its own bounded channel. When that channel's receiver is gone (the client left
-//! or pressed stop), generation stops at the next token.
+//! A request is rendered and tokenized on the caller's thread (so a prompt that cannot fit is refused at
+//! once), then waits in a bounded queue for a free slot. The worker decodes every busy slot together in one
+//! batch per step (continuous batching): a new request joins at the next step, a finished one leaves. Each
+//! slot keeps the tokens its KV cache holds, so a follow-up turn only processes what is new. When a request's
+//! event receiver is gone (the client left or pressed stop), its slot is freed before the next step.
 
 mod ffi;
-mod generate;
+pub mod metrics;
+mod prompt;
 mod sampling;
+mod slot;
 pub mod text;
+mod worker;
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
 use crate::bundle::{ModelSource, ModelSpan};
 use crate::hardware;
-
+pub use metrics::Metrics;
+use prompt::Prompter;
 pub use sampling::SamplingParams;
 
-/// How many requests may wait for the worker before new ones are refused with "busy".
-const QUEUE_DEPTH: usize = 16;
-/// Text chunks buffered per request before the worker waits for the client.
-const EVENT_BUFFER: usize = 64;
+/// How many requests may wait for a free slot before new ones are refused with "busy".
+pub const QUEUE_DEPTH: usize = 32;
+/// Most alternatives a request may ask for at each token (`top_logprobs`), as OpenAI allows.
+pub const MAX_TOP_LOGPROBS: u8 = 20;
 
 /// Settings for loading the model and its context.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Context size in tokens: `None` for the default (4096, at most the trained context), 0 for the trained one.
+    /// Context per conversation in tokens: `None` for the default (4096, at most the trained context), 0 for
+    /// the trained one.
     pub ctx_size: Option<u32>,
+    /// Conversations decoded together; `None` picks what the memory allows, up to 4.
+    pub parallel: Option<u32>,
     pub threads: usize,
     pub batch_size: u32,
     pub gpu_layers: i32,
@@ -59,7 +70,10 @@ pub struct ModelInfo {
 /// What the loaded engine runs with.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Runtime {
+    /// Tokens each conversation may hold.
     pub context_size: u32,
+    /// Conversations decoded at once.
+    pub parallel: u32,
     pub threads: usize,
     pub mmap: bool,
     pub load_seconds: f64,
@@ -81,13 +95,30 @@ pub struct ChatMessage {
     pub content: String,
 }
 
+/// What the model continues: a conversation (rendered with the model's chat template) or raw text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    Chat(Vec<ChatMessage>),
+    Text(String),
+}
+
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub messages: Vec<ChatMessage>,
+    pub prompt: Prompt,
     pub sampling: SamplingParams,
-    /// Most tokens to generate; `None` means until the context is full.
+    /// Most tokens to generate; `None` means until the conversation's context is full.
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
+    /// A GBNF grammar the answer must follow (JSON output uses one).
+    pub grammar: Option<String>,
+    /// Report each token's log-probability with this many alternatives; `None` skips the work.
+    pub logprobs: Option<u8>,
+}
+
+impl Request {
+    pub fn new(prompt: Prompt, sampling: SamplingParams) -> Self {
+        Self { prompt, sampling, max_tokens: None, stop: Vec::new(), grammar: None, logprobs: None }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -102,17 +133,36 @@ pub enum FinishReason {
 pub struct Finish {
     pub reason: FinishReason,
     pub prompt_tokens: u32,
+    /// Prompt tokens whose KV cache was kept from the slot's previous request.
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
     pub prompt_ms: f64,
     pub generation_ms: f64,
 }
 
-/// What a request receives, in order: `Started` or `Failed`, then `Text`s, then `Done`.
+/// One token's text and log-probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenChoice {
+    pub text: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+/// The chosen token and the most likely alternatives at its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub chosen: TokenChoice,
+    pub top: Vec<TokenChoice>,
+}
+
+/// What a request receives, in order: `Text`s, then `Done`, or `Failed` at any point.
 #[derive(Debug)]
 pub enum Event {
-    /// The prompt fits the context and generation has begun.
-    Started,
-    Text(String),
+    /// New text, and the log-probabilities of the tokens that made it when they were asked for.
+    Text {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     Done(Finish),
     Failed(EngineError),
 }
@@ -126,19 +176,23 @@ pub enum EngineError {
     #[error("the server is busy: {QUEUE_DEPTH} requests are already waiting; try again shortly")]
     Busy,
     #[error(
-        "the prompt is {prompt_tokens} tokens but the context holds {context_size}; \
+        "the prompt is {prompt_tokens} tokens but a conversation holds {context_size}; \
          shorten the conversation or start stove with a larger --ctx-size"
     )]
     PromptTooLong { prompt_tokens: u32, context_size: u32 },
     #[error("the chat template could not be applied: {0}")]
     Template(String),
+    #[error("the grammar is not valid: {0}")]
+    Grammar(String),
     #[error("inference failed: {0}")]
     Inference(String),
 }
 
+/// A request ready for a slot: tokenized, with the channel its events go to.
 struct Job {
     request: Request,
-    events: mpsc::Sender<Event>,
+    tokens: Vec<LlamaToken>,
+    events: mpsc::UnboundedSender<Event>,
 }
 
 /// A handle to the engine; cheap to clone.
@@ -150,6 +204,9 @@ pub struct Engine {
 struct Shared {
     info: ModelInfo,
     status: Arc<Status>,
+    /// Set by the worker once the model is loaded.
+    prompter: Arc<OnceLock<Prompter>>,
+    metrics: Arc<Metrics>,
     /// The worker's queue; when the last handle is gone the worker ends and frees the model.
     jobs: SyncSender<Job>,
 }
@@ -188,18 +245,25 @@ impl Engine {
         let (jobs, queue) = sync_channel::<Job>(QUEUE_DEPTH);
         let status =
             Arc::new(Status { state: Mutex::new(LoadState::Loading { permille: 0 }), changed: Condvar::new() });
-        let worker_status = Arc::clone(&status);
-        std::thread::Builder::new().name("stove-engine".into()).spawn(move || {
-            let set_state = |s: LoadState| worker_status.set(s);
-            if let Err(message) = generate::run_worker(&span, &config, &set_state, queue) {
-                set_state(LoadState::Failed(message));
-            }
-        })?;
-        Ok(Engine { shared: Arc::new(Shared { info, status, jobs }) })
+        let prompter = Arc::new(OnceLock::new());
+        let metrics = Arc::new(Metrics::default());
+        let worker = worker::Worker {
+            span,
+            config,
+            status: Arc::clone(&status),
+            prompter: Arc::clone(&prompter),
+            metrics: Arc::clone(&metrics),
+        };
+        std::thread::Builder::new().name("stove-engine".into()).spawn(move || worker.run(queue))?;
+        Ok(Engine { shared: Arc::new(Shared { info, status, prompter, metrics, jobs }) })
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.shared.info
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     pub fn state(&self) -> LoadState {
@@ -218,18 +282,32 @@ impl Engine {
         }
     }
 
-    /// Queues a generation; its events arrive on the returned channel.
-    pub fn submit(&self, request: Request) -> Result<mpsc::Receiver<Event>, EngineError> {
+    /// Checks and queues a generation; its events arrive on the returned channel. A prompt that cannot fit,
+    /// a bad grammar or a full queue are refused here, before any work.
+    pub fn submit(&self, request: Request) -> Result<mpsc::UnboundedReceiver<Event>, EngineError> {
         match self.state() {
             LoadState::Loading { permille } => return Err(EngineError::Loading { permille }),
             LoadState::Failed(message) => return Err(EngineError::LoadFailed(message)),
             LoadState::Ready(_) => {}
         }
-        let (events, receiver) = mpsc::channel(EVENT_BUFFER);
-        match self.shared.jobs.try_send(Job { request, events }) {
+        let prompter = self.shared.prompter.get().ok_or(EngineError::Loading { permille: 999 })?;
+        let tokens = prompter.tokenize(&request.prompt)?;
+        if let Some(grammar) = &request.grammar {
+            prompter.check_grammar(grammar)?;
+        }
+        let (events, receiver) = mpsc::unbounded_channel();
+        self.shared.metrics.queued();
+        match self.shared.jobs.try_send(Job { request, tokens, events }) {
             Ok(()) => Ok(receiver),
-            Err(TrySendError::Full(_)) => Err(EngineError::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(EngineError::Inference("the engine thread has stopped".into())),
+            Err(error) => {
+                self.shared.metrics.dequeued();
+                match error {
+                    TrySendError::Full(_) => Err(EngineError::Busy),
+                    TrySendError::Disconnected(_) => {
+                        Err(EngineError::Inference("the engine thread has stopped".into()))
+                    }
+                }
+            }
         }
     }
 }

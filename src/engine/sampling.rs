@@ -25,12 +25,15 @@ impl Default for SamplingParams {
 const RANDOM_SEED: u32 = 0xFFFF_FFFF;
 
 impl SamplingParams {
-    /// The chain in llama.cpp's default order: truncations first, then temperature, then the draw.
-    pub fn sampler(&self) -> LlamaSampler {
+    /// The chain in llama.cpp's default order: the grammar (which rules out tokens), truncations, then
+    /// temperature, then the draw.
+    pub fn sampler(&self, grammar: Option<LlamaSampler>) -> LlamaSampler {
+        let mut chain = Vec::with_capacity(6);
+        chain.extend(grammar);
         if self.temperature <= 0.0 {
-            return LlamaSampler::greedy();
+            chain.push(LlamaSampler::greedy());
+            return LlamaSampler::chain_simple(chain);
         }
-        let mut chain = Vec::with_capacity(5);
         if self.top_k > 0 {
             chain.push(LlamaSampler::top_k(self.top_k));
         }

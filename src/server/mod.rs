@@ -1,12 +1,16 @@
 //! The HTTP server: binds (moving to the next port when one is taken), routes each request, and shuts
 //! down cleanly on Ctrl-C or SIGTERM.
 //!
-//! A request goes through [`route`] top to bottom: the API routes under `/v1`, health, stove's own info
-//! route, and otherwise the chat page's files.
+//! A request first passes the [`guard::Guard`] (Host, Origin, API key), then goes through [`route`] top to
+//! bottom: the API routes under `/v1`, health, metrics, stove's own info route, and otherwise the chat page's
+//! files (from memory: no route reads the disk).
 
 mod api;
 mod assets;
 mod body;
+mod completions;
+mod error;
+mod guard;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -22,19 +26,36 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::engine::{Engine, SamplingParams};
+use api::HttpCounters;
 pub use assets::Assets;
 use body::Body;
+use error::{method_not_allowed, not_found};
+pub use guard::Guard;
 
 /// How many ports after the requested one are tried when it is taken.
 const PORT_TRIES: u16 = 20;
 /// How long open connections (streams) get to finish after Ctrl-C.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long a client may take to send a request's headers, and how long an idle connection stays open.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (request line and headers); hyper answers 431 past it.
+const MAX_HEAD: usize = 64 << 10;
+/// Most connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 512;
 
 /// What every request handler can reach.
 pub struct AppState {
     pub engine: Engine,
     pub assets: Assets,
     pub sampling: SamplingParams,
+    pub guard: Guard,
+    pub http: HttpCounters,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, assets: Assets, sampling: SamplingParams, guard: Guard) -> Self {
+        AppState { engine, assets, sampling, guard, http: HttpCounters::default() }
+    }
 }
 
 /// Binds `host:port`, or the next free port after it.
@@ -76,23 +97,30 @@ pub fn display_url(addr: SocketAddr) -> String {
 pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(conn) => conn,
-                    // Out of file descriptors and the like: keep serving the connections we have.
-                    Err(e) => { eprintln!("cannot accept a connection: {e}"); continue; }
+            permit = Arc::clone(&connections).acquire_owned() => {
+                let permit = permit.expect("the semaphore is never closed");
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        // Out of file descriptors and the like: keep serving the connections we have.
+                        Err(e) => { eprintln!("cannot accept a connection: {e}"); continue; }
+                    },
+                    _ = &mut shutdown => break,
                 };
                 let state = Arc::clone(&state);
                 let service = service_fn(move |request| route(Arc::clone(&state), request));
                 let connection = http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .max_buf_size(MAX_HEAD)
                     .serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     let _ = connection.await;
+                    drop(permit);
                 });
             }
             _ = &mut shutdown => break,
@@ -123,15 +151,25 @@ async fn shutdown_signal() {
 
 async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_string();
-    let response = match (request.method(), path.as_str()) {
-        (&Method::GET, "/health") => api::health(&state),
-        (&Method::GET, "/v1/models") => api::models(&state),
-        (&Method::GET, "/stove/info") => api::info(&state),
-        (&Method::POST, "/v1/chat/completions") => api::chat_completions(&state, request).await,
-        (_, "/v1/chat/completions") => api::method_not_allowed("POST"),
-        (_, p) if p.starts_with("/v1/") => api::not_found(p),
-        (&Method::GET | &Method::HEAD, p) => state.assets.respond(p, request.headers()),
-        _ => api::method_not_allowed("GET"),
+    let response = match state.guard.check(request.method(), &path, request.headers()) {
+        Err(refused) => *refused,
+        Ok(pass) => {
+            let response = match (request.method(), path.as_str()) {
+                (&Method::GET, "/health") => api::health(&state),
+                (&Method::GET, "/metrics") => api::metrics(&state),
+                (&Method::GET, "/v1/models") => api::models(&state),
+                (&Method::GET, "/stove/info") => api::info(&state),
+                (&Method::POST, "/v1/chat/completions") => completions::chat_completions(&state, request).await,
+                (&Method::POST, "/v1/completions") => completions::completions(&state, request).await,
+                (&Method::POST, "/v1/embeddings") => completions::embeddings(&state),
+                (_, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => method_not_allowed("POST"),
+                (_, p) if p.starts_with("/v1/") => not_found(p),
+                (&Method::GET | &Method::HEAD, p) => state.assets.respond(p, request.headers()),
+                _ => method_not_allowed("GET"),
+            };
+            state.guard.with_cors(response, &pass)
+        }
     };
+    state.http.record(response.status());
     Ok(response)
 }

@@ -1,0 +1,227 @@
+//! The engine's worker thread: loads the model, then runs the slots. Each step admits waiting requests into
+//! free slots, drops the ones whose client left, decodes one batch holding every busy slot's next token (and
+//! as much waiting prompt as fits), and samples each slot's next token from it.
+
+use std::num::NonZeroU32;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+
+use super::metrics::Metrics;
+use super::prompt::{chat_template, Prompter};
+use super::slot::{Outcome, Slot};
+use super::{ffi, init_backend, page_in, EngineConfig, EngineError, Job, LoadState, Runtime, Status};
+use crate::bundle::ModelSpan;
+use crate::hardware;
+
+/// Context per conversation when neither the command line nor the bundle sets one (capped at the trained
+/// context).
+pub const DEFAULT_CONTEXT: u32 = 4096;
+/// Conversations decoded together by default, when memory allows (llama-server's default too).
+pub const DEFAULT_PARALLEL: u32 = 4;
+
+pub(super) struct Worker {
+    pub span: ModelSpan,
+    pub config: EngineConfig,
+    pub status: Arc<Status>,
+    pub prompter: Arc<OnceLock<Prompter>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    pub fn run(self, queue: Receiver<Job>) {
+        if let Err(message) = self.serve(queue) {
+            self.status.set(LoadState::Failed(message));
+        }
+    }
+
+    /// Loads the model and serves jobs until every sender is gone. Errors are load failures, for the state.
+    fn serve(&self, queue: Receiver<Job>) -> Result<(), String> {
+        let (span, config) = (&self.span, &self.config);
+        let started = Instant::now();
+        let backend = init_backend(config.verbose)?;
+        page_in(span, &|permille| self.status.set(LoadState::Loading { permille }))
+            .map_err(|e| format!("cannot read the model from {}: {e}", span.path.display()))?;
+        let model = ffi::load_model_at(&backend, &span.path, span.offset, config.use_mmap, config.gpu_layers)
+            .map_err(|e| e.to_string())?;
+        let model = Arc::new(model);
+        self.status.set(LoadState::Loading { permille: 950 });
+
+        let trained = model.n_ctx_train().max(1);
+        let context_size = match config.ctx_size {
+            None => DEFAULT_CONTEXT.min(trained),
+            Some(0) => trained,
+            Some(n) => n,
+        };
+        let parallel = config.parallel.unwrap_or_else(|| default_parallel(&model, context_size)).max(1);
+        let threads = i32::try_from(config.threads.max(1)).unwrap_or(i32::MAX);
+        // Every busy slot puts one token in each step's batch, so the batch holds at least one per slot.
+        let batch_size = config.batch_size.max(parallel);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(context_size.saturating_mul(parallel)))
+            .with_n_seq_max(parallel)
+            // One KV stream per slot: conversations do not share prefixes, and split streams decode faster.
+            .with_kv_unified(false)
+            .with_n_batch(batch_size)
+            .with_n_ubatch(batch_size)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let ctx = model.new_context(&backend, params).map_err(|e| {
+            format!(
+                "cannot create a context of {parallel} × {context_size} tokens: {e}; \
+                 try a smaller --ctx-size or --parallel"
+            )
+        })?;
+        // llama.cpp rounds each sequence's share up to a multiple of 256.
+        let slot_context = ctx.n_ctx() / parallel;
+        let _ = self.prompter.set(Prompter {
+            model: Arc::clone(&model),
+            template: chat_template(&model),
+            system_prompt: config.system_prompt.clone(),
+            context_size: slot_context,
+        });
+        Metrics::add(&self.metrics.slots, u64::from(parallel));
+        self.status.set(LoadState::Ready(Runtime {
+            context_size: slot_context,
+            parallel,
+            threads: config.threads,
+            mmap: config.use_mmap,
+            load_seconds: started.elapsed().as_secs_f64(),
+        }));
+
+        let batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
+        let slots = (0..parallel as i32).map(Slot::new).collect();
+        let mut scheduler =
+            Scheduler { model: &model, ctx, batch, slots, slot_context, metrics: &self.metrics, step: 0 };
+        scheduler.run(&queue);
+        Ok(())
+    }
+}
+
+/// Up to [`DEFAULT_PARALLEL`] slots, fewer when their KV cache would take more than a quarter of the memory
+/// that is free once the model is loaded.
+fn default_parallel(model: &LlamaModel, context_size: u32) -> u32 {
+    let head_dim = u64::from(model.n_embd().max(1) as u32) / u64::from(model.n_head().max(1));
+    // Keys and values, 16 bits each, for every layer's KV heads.
+    let per_token = 2 * 2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim;
+    let per_slot = per_token * u64::from(context_size);
+    let Some(available) = hardware::available_memory() else { return DEFAULT_PARALLEL };
+    let parallel = (available / 4 / per_slot.max(1)).clamp(1, u64::from(DEFAULT_PARALLEL)) as u32;
+    if parallel < DEFAULT_PARALLEL {
+        eprintln!(
+            "serving {parallel} conversation(s) at once: each needs {} of memory for {context_size} tokens \
+             (set --parallel or --ctx-size to change this)",
+            hardware::human_bytes(per_slot)
+        );
+    }
+    parallel
+}
+
+struct Scheduler<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    /// Reused for every decode, sized to the context's batch.
+    batch: LlamaBatch<'static>,
+    slots: Vec<Slot>,
+    slot_context: u32,
+    metrics: &'m Metrics,
+    step: u64,
+}
+
+impl Scheduler<'_> {
+    fn run(&mut self, queue: &Receiver<Job>) {
+        loop {
+            self.step += 1;
+            if !self.admit(queue) {
+                return;
+            }
+            for slot in &mut self.slots {
+                if slot.is_abandoned() {
+                    slot.cancel(self.metrics);
+                }
+            }
+            self.sync_busy_count();
+            if self.fill_batch() == 0 {
+                continue;
+            }
+            let started = Instant::now();
+            let decoded = self.ctx.decode(&mut self.batch);
+            Metrics::add(&self.metrics.decode_calls, 1);
+            Metrics::add(&self.metrics.decode_tokens, self.batch.n_tokens() as u64);
+            Metrics::add(&self.metrics.decode_micros, started.elapsed().as_micros() as u64);
+            if let Err(e) = decoded {
+                for slot in self.slots.iter_mut().filter(|s| s.in_batch()) {
+                    slot.fail(EngineError::Inference(e.to_string()), &mut self.ctx);
+                }
+                continue;
+            }
+            for slot in &mut self.slots {
+                if let Outcome::Cancelled = slot.after_decode(self.model, &self.ctx, self.slot_context, self.metrics) {
+                    slot.cancel(self.metrics);
+                }
+            }
+            self.sync_busy_count();
+        }
+    }
+
+    /// Moves waiting requests into free slots. Blocks while nothing runs; false once the engine is dropped.
+    fn admit(&mut self, queue: &Receiver<Job>) -> bool {
+        while self.slots.iter().any(|s| !s.is_busy()) {
+            let idle = !self.slots.iter().any(Slot::is_busy);
+            let job = if idle {
+                match queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => return false,
+                }
+            } else {
+                match queue.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => return true,
+                }
+            };
+            self.metrics.dequeued();
+            if job.events.is_closed() {
+                Metrics::add(&self.metrics.cancelled, 1);
+                continue;
+            }
+            // The free slot holding the longest start of this prompt; among equals, the one idle longest.
+            let slot = self
+                .slots
+                .iter_mut()
+                .filter(|s| !s.is_busy())
+                .max_by_key(|s| (s.common_prefix(&job.tokens), std::cmp::Reverse(s.last_used)))
+                .expect("a free slot");
+            slot.last_used = self.step;
+            slot.start(job, self.model, &mut self.ctx, self.slot_context);
+        }
+        true
+    }
+
+    /// Puts every generating slot's next token in the batch, then prompt tokens in the room left.
+    /// Returns how many tokens the batch holds.
+    fn fill_batch(&mut self) -> i32 {
+        self.batch.clear();
+        let capacity = self.ctx.n_batch() as usize;
+        self.slots.iter_mut().for_each(Slot::begin_step);
+        // Generating slots first, so a long prompt never holds back the others' next tokens.
+        let mut order: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].is_busy()).collect();
+        order.sort_by_key(|&i| !self.slots[i].is_generating());
+        for i in order {
+            let room = capacity - self.batch.n_tokens() as usize;
+            if let Err(error) = self.slots[i].add_to_batch(&mut self.batch, room) {
+                self.slots[i].fail(error, &mut self.ctx);
+            }
+        }
+        self.batch.n_tokens()
+    }
+
+    fn sync_busy_count(&self) {
+        let busy = self.slots.iter().filter(|s| s.is_busy()).count() as u64;
+        self.metrics.busy_slots.store(busy, std::sync::atomic::Ordering::Relaxed);
+    }
+}
