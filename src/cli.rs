@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// memory is short]
     #[arg(short = 'n', long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub parallel: Option<u32>,
+    /// Requests that may wait for a free slot; more are answered 503 with Retry-After
+    #[arg(long, global = true, value_name = "N", default_value_t = crate::engine::DEFAULT_QUEUE,
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..=65536), |n| n as usize))]
+    pub max_queue: usize,
     /// Require `Authorization: Bearer KEY` on every API route (needed to listen beyond loopback)
     #[arg(long, global = true, env = "STOVE_API_KEY", hide_env_values = true, value_name = "KEY")]
     pub api_key: Option<String>,

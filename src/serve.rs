@@ -37,6 +37,7 @@ pub fn engine_config(run: &RunArgs) -> EngineConfig {
     EngineConfig {
         ctx_size: run.ctx_size,
         parallel: run.parallel,
+        max_queue: run.max_queue,
         threads: run.threads(),
         batch_size: run.batch_size,
         gpu_layers: run.gpu_layers,

@@ -22,6 +22,20 @@ function addMessage(role, text) {
   return el;
 }
 
+// Calls the API with the key this browser was given, if the server asks for one (stove --api-key). On a
+// 401 it asks for the key once, keeps it in this browser only, and retries.
+async function api(path, options = {}) {
+  for (let attempt = 0; ; attempt++) {
+    const key = localStorage.getItem("stove.apiKey");
+    const headers = { ...(options.headers || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
+    const response = await fetch(path, { ...options, headers });
+    if (response.status !== 401 || attempt > 0) return response;
+    const entered = window.prompt(key ? "That API key was refused. API key:" : "This stove server needs its API key:");
+    if (!entered) return response;
+    localStorage.setItem("stove.apiKey", entered.trim());
+  }
+}
+
 // Polls /health until the model is ready, showing load progress; retries while the server is unreachable.
 async function waitForModel() {
   for (;;) {
@@ -37,11 +51,11 @@ async function waitForModel() {
     await new Promise((resolve) => setTimeout(resolve, 300));
   }
   try {
-    const info = await (await fetch("stove/info")).json();
+    const info = await (await api("stove/info")).json();
     $("model-name").textContent = info.model.name;
     document.title = `${info.model.name} · stove`;
     const r = info.runtime;
-    setStatus(`ready · ${info.model.quantization} · context ${r.context_size} · ${r.threads} threads`);
+    setStatus(`ready · ${info.model.quantization} · context ${r.context_size} · ${r.threads} threads · ${r.parallel} at once`);
   } catch {
     setStatus("ready");
   }
@@ -60,7 +74,7 @@ async function send(text) {
   let firstTokenAt = null;
   let failed = false;
   try {
-    const response = await fetch("v1/chat/completions", {
+    const response = await api("v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ messages: history, stream: true }),

@@ -34,8 +34,8 @@ pub use metrics::Metrics;
 use prompt::Prompter;
 pub use sampling::SamplingParams;
 
-/// How many requests may wait for a free slot before new ones are refused with "busy".
-pub const QUEUE_DEPTH: usize = 32;
+/// How many requests may wait for a free slot, by default, before new ones are refused with "busy".
+pub const DEFAULT_QUEUE: usize = 32;
 /// Most alternatives a request may ask for at each token (`top_logprobs`), as OpenAI allows.
 pub const MAX_TOP_LOGPROBS: u8 = 20;
 
@@ -47,6 +47,8 @@ pub struct EngineConfig {
     pub ctx_size: Option<u32>,
     /// Conversations decoded together; `None` picks what the memory allows, up to 4.
     pub parallel: Option<u32>,
+    /// Requests that may wait for a free slot.
+    pub max_queue: usize,
     pub threads: usize,
     pub batch_size: u32,
     pub gpu_layers: i32,
@@ -173,8 +175,8 @@ pub enum EngineError {
     Loading { permille: u32 },
     #[error("the model failed to load: {0}")]
     LoadFailed(String),
-    #[error("the server is busy: {QUEUE_DEPTH} requests are already waiting; try again shortly")]
-    Busy,
+    #[error("the server is busy: {waiting} requests are already waiting for a free slot; try again shortly")]
+    Busy { waiting: usize },
     #[error(
         "the prompt is {prompt_tokens} tokens but a conversation holds {context_size}; \
          shorten the conversation or start stove with a larger --ctx-size"
@@ -209,6 +211,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The worker's queue; when the last handle is gone the worker ends and frees the model.
     jobs: SyncSender<Job>,
+    max_queue: usize,
 }
 
 /// The load state, shared with the worker thread, which changes it.
@@ -242,7 +245,8 @@ impl Engine {
             file: span.path.clone(),
             size: span.len,
         };
-        let (jobs, queue) = sync_channel::<Job>(QUEUE_DEPTH);
+        let max_queue = config.max_queue.max(1);
+        let (jobs, queue) = sync_channel::<Job>(max_queue);
         let status =
             Arc::new(Status { state: Mutex::new(LoadState::Loading { permille: 0 }), changed: Condvar::new() });
         let prompter = Arc::new(OnceLock::new());
@@ -255,7 +259,7 @@ impl Engine {
             metrics: Arc::clone(&metrics),
         };
         std::thread::Builder::new().name("stove-engine".into()).spawn(move || worker.run(queue))?;
-        Ok(Engine { shared: Arc::new(Shared { info, status, prompter, metrics, jobs }) })
+        Ok(Engine { shared: Arc::new(Shared { info, status, prompter, metrics, jobs, max_queue }) })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -302,7 +306,7 @@ impl Engine {
             Err(error) => {
                 self.shared.metrics.dequeued();
                 match error {
-                    TrySendError::Full(_) => Err(EngineError::Busy),
+                    TrySendError::Full(_) => Err(EngineError::Busy { waiting: self.shared.max_queue }),
                     TrySendError::Disconnected(_) => {
                         Err(EngineError::Inference("the engine thread has stopped".into()))
                     }

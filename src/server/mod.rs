@@ -115,7 +115,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> Result<()> {
                 let connection = http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
-                    .max_buf_size(MAX_HEAD)
+                    .max_header_size(MAX_HEAD)
                     .serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {

@@ -1,0 +1,386 @@
+//! The server under load and under attack: parallel slots, the queue, cancellation, prompt caching, the
+//! OpenAI surface beyond chat (completions, JSON output, logprobs, metrics), and the guard (API key, Host,
+//! Origin, limits).
+//!
+//! Checks: 8 concurrent streams all end with [DONE] and give the same answers as one at a time; a client that
+//! leaves frees its slot and decoding stops; past the queue the answer is 503 with Retry-After; a follow-up
+//! turn reuses the cached prompt; a conversation that fills its context ends with "length"; JSON-schema
+//! output parses; every bad input in a table gets its 4xx with a useful message and the server keeps serving;
+//! listening beyond loopback needs a key; an allowed origin gets CORS headers.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use common::{bundle, client, Server};
+use serde_json::{json, Value};
+
+fn ask(content: &str, max_tokens: u32) -> Value {
+    json!({ "messages": [{ "role": "user", "content": content }], "temperature": 0, "max_tokens": max_tokens })
+}
+
+fn post(server: &Server, path: &str, body: &Value) -> reqwest::blocking::Response {
+    client().post(format!("{}{path}", server.url)).json(body).send().expect("POST")
+}
+
+/// Reads a stream to its end: the text of every chunk, and the chunks.
+fn read_stream(response: reqwest::blocking::Response) -> (String, Vec<Value>) {
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    let mut chunks = Vec::new();
+    let mut saw_done = false;
+    for line in BufReader::new(response).lines() {
+        let line = line.unwrap();
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            saw_done = true;
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        assert!(chunk.get("error").is_none(), "{chunk}");
+        let choice = &chunk["choices"][0];
+        text.push_str(choice["delta"]["content"].as_str().or(choice["text"].as_str()).unwrap_or_default());
+        chunks.push(chunk);
+    }
+    assert!(saw_done, "the stream must end with [DONE]");
+    (text, chunks)
+}
+
+/// One value from `/metrics`.
+fn metric(server: &Server, name: &str) -> f64 {
+    let text = client().get(format!("{}/metrics", server.url)).send().unwrap().text().unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// Polls `condition` until it holds; fails after a minute.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn eight_concurrent_streams_get_the_answers_they_would_get_alone() {
+    let server = Server::start(bundle(), &["--parallel", "4"]);
+    let questions: Vec<String> = (2..10).map(|n| format!("Name {n} animals that live in the sea.")).collect();
+    let alone: Vec<String> = questions
+        .iter()
+        .map(|q| {
+            let (status, body) = server.chat(ask(q, 24));
+            assert_eq!(status, 200, "{body}");
+            body["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+        })
+        .collect();
+
+    let together: Vec<(String, Vec<Value>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = questions
+            .iter()
+            .map(|q| {
+                let server = &server;
+                scope.spawn(move || {
+                    let mut body = ask(q, 24);
+                    body["stream"] = json!(true);
+                    body["stream_options"] = json!({ "include_usage": true });
+                    read_stream(post(server, "/v1/chat/completions", &body))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((question, expected), (text, chunks)) in questions.iter().zip(&alone).zip(&together) {
+        assert!(!text.trim().is_empty(), "{question}");
+        assert_eq!(text, expected, "{question}: batched decoding must not change a greedy answer");
+        let usage = &chunks.last().unwrap()["usage"];
+        assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{question}");
+    }
+    assert_eq!(metric(&server, "stove_slots"), 4.0);
+    assert!(metric(&server, "stove_requests_finished_total") >= 16.0);
+    // Batching happened: some decode calls carried several conversations' tokens.
+    assert!(metric(&server, "stove_decode_tokens_total") > metric(&server, "stove_decode_calls_total"));
+}
+
+#[test]
+fn a_client_that_leaves_frees_its_slot_and_the_queue_is_bounded() {
+    let server = Server::start(bundle(), &["--parallel", "1", "--max-queue", "1"]);
+    let mut long = ask("Write a very long story about a stove.", 900);
+    long["stream"] = json!(true);
+
+    // A takes the only slot; B waits in the queue; C finds the queue full.
+    let first = post(&server, "/v1/chat/completions", &long);
+    let mut first_lines = BufReader::new(first).lines();
+    let mut seen = 0;
+    while seen < 3 {
+        if first_lines.next().unwrap().unwrap().starts_with("data: ") {
+            seen += 1;
+        }
+    }
+    let waiting = post(&server, "/v1/chat/completions", &long);
+    assert_eq!(waiting.status(), 200);
+    wait_until("B waits in the queue", || metric(&server, "stove_requests_waiting") == 1.0);
+    let refused = post(&server, "/v1/chat/completions", &ask("hi", 4));
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let error: Value = refused.json().unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("busy"), "{error}");
+
+    // A leaves: its slot goes to B at once, and B's stream is cut the same way.
+    drop(first_lines);
+    wait_until("A is cancelled", || metric(&server, "stove_requests_cancelled_total") == 1.0);
+    let mut waiting_lines = BufReader::new(waiting).lines();
+    let has_text = |line: &str| {
+        let chunk: Value = line.strip_prefix("data: ").and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
+        chunk["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty())
+    };
+    assert!(waiting_lines.any(|line| has_text(&line.unwrap())), "B starts once A has left");
+    drop(waiting_lines);
+    wait_until("B is cancelled", || metric(&server, "stove_requests_cancelled_total") == 2.0);
+    wait_until("no slot is busy", || metric(&server, "stove_slots_busy") == 0.0);
+
+    // Nothing decodes any more, and the next request is answered.
+    let calls = metric(&server, "stove_decode_calls_total");
+    let (status, body) = server.chat(ask("Say hi.", 4));
+    assert_eq!(status, 200, "{body}");
+    assert!(metric(&server, "stove_decode_calls_total") <= calls + 5.0, "only the new request decoded");
+}
+
+#[test]
+fn a_follow_up_turn_reuses_the_cached_conversation() {
+    let server = Server::start(bundle(), &["--parallel", "2"]);
+    let mut messages = vec![
+        json!({ "role": "system", "content": "You are a cook who answers in one short paragraph." }),
+        json!({ "role": "user", "content": "How do I make a tomato soup?" }),
+    ];
+    let (_, first) = server.chat(json!({ "messages": messages, "temperature": 0, "max_tokens": 24 }));
+    let first_prompt = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    messages.push(json!({ "role": "assistant", "content": first["choices"][0]["message"]["content"] }));
+    messages.push(json!({ "role": "user", "content": "And with basil?" }));
+    let (_, second) = server.chat(json!({ "messages": messages, "temperature": 0, "max_tokens": 8 }));
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    let prompt = second["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(cached >= first_prompt, "the whole first turn is cached: {cached} of {prompt}");
+    assert_eq!(second["timings"]["prompt_n"].as_u64().unwrap(), prompt - cached, "only the new tokens are read");
+}
+
+#[test]
+fn completions_json_output_logprobs_and_a_full_context() {
+    let server = Server::start(bundle(), &["--ctx-size", "256"]);
+
+    let body =
+        json!({ "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "logprobs": 2, "echo": true });
+    let response = post(&server, "/v1/completions", &body);
+    assert_eq!(response.status(), 200);
+    let completion: Value = response.json().unwrap();
+    assert_eq!(completion["object"], "text_completion");
+    let choice = &completion["choices"][0];
+    assert!(choice["text"].as_str().unwrap().starts_with("The capital of France is"), "{completion}");
+    let tokens = choice["logprobs"]["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 4);
+    for logprob in choice["logprobs"]["token_logprobs"].as_array().unwrap() {
+        assert!(logprob.as_f64().unwrap() <= 0.0);
+    }
+    assert_eq!(choice["finish_reason"], "length");
+    assert_eq!(completion["usage"]["completion_tokens"], 4);
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["echo"] = json!(false);
+    let (text, _) = read_stream(post(&server, "/v1/completions", &streamed));
+    assert!(choice["text"].as_str().unwrap().ends_with(&text), "{text:?}");
+
+    let schema = json!({
+        "type": "object",
+        "properties": { "name": { "type": "string" }, "age": { "type": "integer" } },
+        "required": ["name", "age"],
+    });
+    let mut json_ask = ask("Describe a cook as JSON with a name and an age.", 100);
+    json_ask["response_format"] = json!({ "type": "json_schema", "json_schema": { "name": "cook", "schema": schema } });
+    let (status, answer) = server.chat(json_ask);
+    assert_eq!(status, 200, "{answer}");
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    let parsed: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{content:?} is not JSON: {e}"));
+    assert!(parsed["name"].is_string() && parsed["age"].is_i64(), "{parsed}");
+
+    let mut chat_logprobs = ask("Hi", 3);
+    chat_logprobs["logprobs"] = json!(true);
+    chat_logprobs["top_logprobs"] = json!(2);
+    let (_, answer) = server.chat(chat_logprobs);
+    let content = answer["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert!(!content.is_empty() && content[0]["top_logprobs"].as_array().unwrap().len() == 2, "{answer}");
+
+    // A grammar that never lets the answer end: generation runs into the end of the context.
+    let endless = json!({ "prompt": "a", "max_tokens": 100000, "grammar": "root ::= \"ab\" root" });
+    let response = post(&server, "/v1/completions", &endless);
+    let filled: Value = response.json().unwrap();
+    assert_eq!(filled["choices"][0]["finish_reason"], "length", "{filled}");
+    let usage = &filled["usage"];
+    assert_eq!(usage["total_tokens"].as_u64().unwrap(), 256, "the conversation filled its context: {usage}");
+}
+
+#[test]
+fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
+    let server = Server::start(bundle(), &["--ctx-size", "128", "--api-key", "s3cret"]);
+    let url = format!("{}/v1/chat/completions", server.url);
+    let host = server.url.trim_start_matches("http://").to_string();
+    let good = ask("Hi", 4).to_string();
+    let many = json!({ "messages": vec![json!({ "role": "user", "content": "hi" }); 10_000] }).to_string();
+    let long = ask(&"stove ".repeat(400), 4).to_string();
+    let unknown_model = json!({ "model": "gpt-4o", "messages": [{ "role": "user", "content": "hi" }] }).to_string();
+
+    struct Case {
+        what: &'static str,
+        body: Vec<u8>,
+        headers: Vec<(&'static str, String)>,
+        status: u16,
+        message: &'static str,
+    }
+    let key = || ("authorization", "Bearer s3cret".to_string());
+    let case = |what, body: &str, status, message| Case {
+        what,
+        body: body.as_bytes().to_vec(),
+        headers: vec![key()],
+        status,
+        message,
+    };
+    let mut cases = vec![
+        case("malformed JSON", "{\"messages\": [", 400, "not a valid chat completion request"),
+        case("missing messages", "{}", 400, "missing field `messages`"),
+        case("messages of the wrong type", r#"{"messages": 3}"#, 400, "invalid type"),
+        case("temperature of the wrong type", r#"{"messages": [], "temperature": "hot"}"#, 400, "invalid type"),
+        case("no messages", r#"{"messages": []}"#, 400, "`messages` is empty"),
+        case("unknown role", r#"{"messages": [{"role": "cook", "content": "x"}]}"#, 400, "role"),
+        case(
+            "negative max_tokens",
+            r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": -5}"#,
+            400,
+            "max_tokens",
+        ),
+        case("10,000 messages", &many, 400, "at most 4096"),
+        case("a prompt longer than the context", &long, 400, "shorten the conversation"),
+        case("an unknown model", &unknown_model, 404, "is not served here"),
+        case(
+            "a bad JSON schema",
+            r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "wizard"}}}}"#,
+            400,
+            "grammar",
+        ),
+        Case {
+            what: "invalid UTF-8",
+            body: b"{\"messages\": \"\xff\xfe\"}".to_vec(),
+            headers: vec![key()],
+            status: 400,
+            message: "not a valid",
+        },
+        Case {
+            what: "a huge body",
+            body: vec![b' '; 5 << 20],
+            headers: vec![key()],
+            status: 413,
+            message: "larger than 4 MiB",
+        },
+        Case {
+            what: "no API key",
+            body: good.clone().into_bytes(),
+            headers: vec![],
+            status: 401,
+            message: "needs an API key",
+        },
+        Case {
+            what: "a wrong API key",
+            body: good.clone().into_bytes(),
+            headers: vec![("authorization", "Bearer guess".into())],
+            status: 401,
+            message: "wrong",
+        },
+        Case {
+            what: "a foreign Host (DNS rebinding)",
+            body: good.clone().into_bytes(),
+            headers: vec![key(), ("host", "attacker.example".into())],
+            status: 403,
+            message: "--allow-host attacker.example",
+        },
+        Case {
+            what: "a foreign Origin",
+            body: good.clone().into_bytes(),
+            headers: vec![key(), ("origin", "http://attacker.example".into())],
+            status: 403,
+            message: "--cors-origin http://attacker.example",
+        },
+    ];
+    cases.push(Case {
+        what: "headers over 64 KiB",
+        body: good.clone().into_bytes(),
+        headers: vec![key(), ("x-padding", "x".repeat(80 << 10))],
+        status: 431,
+        message: "",
+    });
+    for case in cases {
+        let mut request = client().post(&url).header("content-type", "application/json").body(case.body);
+        for (name, value) in case.headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().unwrap();
+        assert_eq!(response.status().as_u16(), case.status, "{}", case.what);
+        if case.message.is_empty() {
+            continue;
+        }
+        let error: Value = response.json().unwrap_or_else(|e| panic!("{}: no JSON error body: {e}", case.what));
+        let text = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(text.contains(case.message), "{}: {error}", case.what);
+        assert!(error["error"]["type"].is_string(), "{}: {error}", case.what);
+    }
+
+    // No route reads files: traversal attempts find nothing.
+    for path in ["/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/..%2f..%2fetc%2fpasswd", "/web/../Cargo.toml"] {
+        let response = client().get(format!("{}{path}", server.url)).send().unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+    }
+    // The page and /health stay open; the API's other routes need the key too.
+    assert_eq!(client().get(format!("{}/", server.url)).send().unwrap().status(), 200);
+    assert_eq!(client().get(format!("{}/health", server.url)).send().unwrap().status(), 200);
+    assert_eq!(client().get(format!("{}/v1/models", server.url)).send().unwrap().status(), 401);
+    let embeddings = client()
+        .post(format!("{}/v1/embeddings", server.url))
+        .bearer_auth("s3cret")
+        .json(&json!({ "input": "soup" }))
+        .send()
+        .unwrap();
+    assert_eq!(embeddings.status(), 400);
+    assert!(embeddings.text().unwrap().contains("gives no embeddings"));
+
+    let response = client().post(&url).header("host", host).bearer_auth("s3cret").body(good).send().unwrap();
+    assert_eq!(response.status(), 200, "still serving after all that");
+}
+
+#[test]
+fn listening_beyond_loopback_needs_a_key_and_origins_need_cors_origin() {
+    let refused = common::stove()
+        .args(["serve", "--model", bundle().to_str().unwrap(), "--host", "0.0.0.0", "--port", "0", "--no-browser"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("without an API key") && stderr.contains("--api-key"), "{stderr}");
+
+    let server = Server::start(bundle(), &["--cors-origin", "http://localhost:3000"]);
+    let models = format!("{}/v1/models", server.url);
+    let allowed = client().get(&models).header("origin", "http://localhost:3000").send().unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "http://localhost:3000");
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, &models)
+        .header("origin", "http://localhost:3000")
+        .header("access-control-request-method", "POST")
+        .send()
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert!(preflight.headers()["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+    let other = client().get(&models).header("origin", "http://localhost:3001").send().unwrap();
+    assert_eq!(other.status(), 403);
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
