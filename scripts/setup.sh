@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing stove needs on a fresh Debian/Ubuntu machine with Rust: cmake, a C++
-# compiler and libclang (llama.cpp and its bindings), and Chromium (the page's browser test).
+# compiler and libclang (llama.cpp and its bindings); with --test also Chromium (the page's browser test)
+# and the official `openai` Python client in a virtual environment under ~/.cache/stove/venv (the API test).
 # Installs only what is missing; uses sudo when not root.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ command -v c++ >/dev/null || need+=(g++)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 if [[ "${1:-}" == --test ]]; then
   command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
+  python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
 fi
 if [[ ${#need[@]} -gt 0 ]]; then
   sudo=""
@@ -17,4 +19,15 @@ if [[ ${#need[@]} -gt 0 ]]; then
   echo "installing ${need[*]} ..." >&2
   $sudo apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >&2
+fi
+
+if [[ "${1:-}" == --test ]]; then
+  # Pinned, so the test runs against a known client; pip reaches PyPI once, then the venv is reused.
+  venv="${XDG_CACHE_HOME:-$HOME/.cache}/stove/venv"
+  openai_version="3.54.0"
+  if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$openai_version')" 2>/dev/null; then
+    echo "installing the openai Python client $openai_version into $venv ..." >&2
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q "openai==$openai_version" >&2
+  fi
 fi
