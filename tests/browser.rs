@@ -1,7 +1,8 @@
 //! The chat page in a real browser (Debian's headless Chromium).
 //!
 //! Checks: the page loads from the bundle, shows the model's name once ready, a typed question gets a
-//! streamed answer shown on the page with its speed, and the stop button ends an answer early. Screenshots
+//! streamed answer shown on the page with its speed, and the stop button ends an answer early and frees its
+//! slot on the server. Screenshots
 //! in light and dark go to target/screenshots for a person to look at.
 
 mod common;
@@ -109,6 +110,14 @@ fn the_stop_button_ends_an_answer_early() {
     tab.find_element("#stop").unwrap().click().unwrap();
     wait_for(&tab, "document.querySelector('.message.assistant .meta')?.textContent === 'stopped'");
     wait_for(&tab, "!document.getElementById('send').hidden && document.getElementById('stop').hidden");
+    // The server saw the page leave: the generation was cancelled and its slot freed.
+    let metrics = || common::client().get(format!("{}/metrics", server.url)).send().unwrap().text().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(metrics().contains("\nstove_requests_cancelled_total 1\n") && metrics().contains("\nstove_slots_busy 0\n"))
+    {
+        assert!(std::time::Instant::now() < deadline, "stop did not cancel the generation:\n{}", metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // The engine is free again: the next question is answered.
     tab.find_element("#prompt").unwrap().click().unwrap();
     tab.type_str("Say hi.").unwrap().press_key("Enter").unwrap();
