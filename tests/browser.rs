@@ -123,3 +123,25 @@ fn the_stop_button_ends_an_answer_early() {
     tab.type_str("Say hi.").unwrap().press_key("Enter").unwrap();
     wait_for(&tab, "document.querySelectorAll('.message.assistant').length === 2 && !!document.querySelectorAll('.message.assistant')[1].querySelector('.meta')");
 }
+
+#[test]
+fn the_page_sends_the_api_key_it_was_given() {
+    let server = Server::start(bundle(), &["--api-key", "kitchen-key", "--temperature", "0"]);
+    let browser = chromium();
+    let tab = browser.new_tab().unwrap();
+    // What the page stores once a person has typed the key into its prompt; set from another page of the same
+    // origin, since the chat page would stop at the prompt.
+    tab.navigate_to(&format!("{}/health", server.url)).unwrap().wait_until_navigated().unwrap();
+    tab.evaluate("localStorage.setItem('stove.apiKey', 'kitchen-key')", false).unwrap();
+    tab.navigate_to(&server.url).unwrap().wait_until_navigated().unwrap();
+    wait_for(&tab, "!document.getElementById('prompt').disabled");
+    assert_eq!(text_of(&tab, "document.getElementById('model-name').textContent"), "SmolLM2-135M-Instruct.Q4_1");
+    tab.find_element("#prompt").unwrap().click().unwrap();
+    tab.type_str("Say hi.").unwrap().press_key("Enter").unwrap();
+    wait_for(
+        &tab,
+        "!!document.querySelector('.message.assistant .meta') || !!document.querySelector('.message.error')",
+    );
+    assert_eq!(text_of(&tab, "document.querySelector('.message.error')?.textContent ?? ''"), "");
+    assert!(!text_of(&tab, "document.querySelector('.message.assistant').firstChild.textContent").is_empty());
+}

@@ -180,7 +180,11 @@ async fn respond(state: &AppState, request: Request<Incoming>, kind: Kind) -> Re
         Kind::Text => parse_completion(&bytes, &state.sampling)?,
     };
     check_model(state, parsed.model.as_deref())?;
-    let events = state.engine.submit(parsed.request)?;
+    // Rendering and tokenizing a long conversation takes a while; keep it off the threads that serve sockets.
+    let engine = state.engine.clone();
+    let events = tokio::task::spawn_blocking(move || engine.submit(parsed.request))
+        .await
+        .map_err(|e| EngineError::Inference(format!("the request could not be prepared: {e}")))??;
     let answer = Answer {
         kind,
         id: format!("{}-{:x}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, unique_id()),
