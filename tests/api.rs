@@ -13,7 +13,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-use common::{bundle, client, Server};
+use common::{bundle, client, read_stream, Server};
 use serde_json::{json, Value};
 
 fn ask(content: &str, max_tokens: u32) -> Value {
@@ -22,29 +22,6 @@ fn ask(content: &str, max_tokens: u32) -> Value {
 
 fn post(server: &Server, path: &str, body: &Value) -> reqwest::blocking::Response {
     client().post(format!("{}{path}", server.url)).json(body).send().expect("POST")
-}
-
-/// Reads a stream to its end: the text of every chunk, and the chunks.
-fn read_stream(response: reqwest::blocking::Response) -> (String, Vec<Value>) {
-    assert_eq!(response.status(), 200);
-    let mut text = String::new();
-    let mut chunks = Vec::new();
-    let mut saw_done = false;
-    for line in BufReader::new(response).lines() {
-        let line = line.unwrap();
-        let Some(data) = line.strip_prefix("data: ") else { continue };
-        if data == "[DONE]" {
-            saw_done = true;
-            continue;
-        }
-        let chunk: Value = serde_json::from_str(data).unwrap();
-        assert!(chunk.get("error").is_none(), "{chunk}");
-        let choice = &chunk["choices"][0];
-        text.push_str(choice["delta"]["content"].as_str().or(choice["text"].as_str()).unwrap_or_default());
-        chunks.push(chunk);
-    }
-    assert!(saw_done, "the stream must end with [DONE]");
-    (text, chunks)
 }
 
 /// One value from `/metrics`.

@@ -8,38 +8,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-
-use common::{bundle, client, Server};
+use common::{bundle, client, read_stream, Server};
 use serde_json::{json, Value};
 
 fn ask(content: &str) -> Value {
     json!({ "messages": [{ "role": "user", "content": content }], "temperature": 0, "seed": 42, "max_tokens": 32 })
-}
-
-/// The concatenated `delta.content` of an SSE response, and its last JSON chunk.
-fn read_stream(server: &Server, body: &Value) -> (String, Vec<Value>) {
-    let response = client().post(format!("{}/v1/chat/completions", server.url)).json(body).send().unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let mut text = String::new();
-    let mut chunks = Vec::new();
-    let mut saw_done = false;
-    for line in BufReader::new(response).lines() {
-        let line = line.unwrap();
-        let Some(data) = line.strip_prefix("data: ") else { continue };
-        if data == "[DONE]" {
-            saw_done = true;
-            continue;
-        }
-        let chunk: Value = serde_json::from_str(data).unwrap();
-        if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
-            text.push_str(piece);
-        }
-        chunks.push(chunk);
-    }
-    assert!(saw_done, "the stream must end with [DONE]");
-    (text, chunks)
 }
 
 #[test]
@@ -65,7 +38,8 @@ fn chat_completions_stream_and_not_and_repeat_with_a_seed() {
     let mut streamed = ask("Name a fruit.");
     streamed["stream"] = json!(true);
     streamed["stream_options"] = json!({ "include_usage": true });
-    let (stream_text, chunks) = read_stream(&server, &streamed);
+    let (stream_text, chunks) =
+        read_stream(client().post(format!("{}/v1/chat/completions", server.url)).json(&streamed).send().unwrap());
     assert_eq!(stream_text, text, "streaming gives the same answer");
     assert!(chunks.len() > 3, "the answer arrives in pieces");
     let finish = chunks.iter().find_map(|c| c["choices"][0]["finish_reason"].as_str()).unwrap();

@@ -50,11 +50,12 @@ pub struct AppState {
     pub sampling: SamplingParams,
     pub guard: Guard,
     pub http: HttpCounters,
+    pub started: std::time::Instant,
 }
 
 impl AppState {
     pub fn new(engine: Engine, assets: Assets, sampling: SamplingParams, guard: Guard) -> Self {
-        AppState { engine, assets, sampling, guard, http: HttpCounters::default() }
+        AppState { engine, assets, sampling, guard, http: HttpCounters::default(), started: std::time::Instant::now() }
     }
 }
 

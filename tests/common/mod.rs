@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -142,4 +144,29 @@ impl Drop for Server {
 
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+}
+
+/// Reads a server-sent event stream to its end: the text of every chunk (chat `delta.content` or completion
+/// `text`), and the chunks. Fails on an error event or a missing `[DONE]`.
+pub fn read_stream(response: reqwest::blocking::Response) -> (String, Vec<Value>) {
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    let mut chunks = Vec::new();
+    let mut saw_done = false;
+    for line in BufReader::new(response).lines() {
+        let line = line.unwrap();
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            saw_done = true;
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        assert!(chunk.get("error").is_none(), "{chunk}");
+        let choice = &chunk["choices"][0];
+        text.push_str(choice["delta"]["content"].as_str().or(choice["text"].as_str()).unwrap_or_default());
+        chunks.push(chunk);
+    }
+    assert!(saw_done, "the stream must end with [DONE]");
+    (text, chunks)
 }
