@@ -5,7 +5,7 @@
 //! Checks: 8 concurrent streams all end with [DONE] and give the same answers as one at a time; a client that
 //! leaves frees its slot and decoding stops; past the queue the answer is 503 with Retry-After; a follow-up
 //! turn reuses the cached prompt; a conversation that fills its context ends with "length"; JSON-schema
-//! output parses; every bad input in a table gets its 4xx with a useful message and the server keeps serving;
+//! output parses; embeddings are unit vectors, nearer for nearer texts; every bad input in a table gets its 4xx with a useful message and the server keeps serving;
 //! listening beyond loopback needs a key; an allowed origin gets CORS headers.
 
 mod common;
@@ -324,11 +324,11 @@ fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
     let embeddings = client()
         .post(format!("{}/v1/embeddings", server.url))
         .bearer_auth("s3cret")
-        .json(&json!({ "input": "soup" }))
+        .json(&json!({ "input": [1, 2] }))
         .send()
         .unwrap();
     assert_eq!(embeddings.status(), 400);
-    assert!(embeddings.text().unwrap().contains("gives no embeddings"));
+    assert!(embeddings.text().unwrap().contains("a list of strings"));
 
     let response = client().post(&url).header("host", host).bearer_auth("s3cret").body(good).send().unwrap();
     assert_eq!(response.status(), 200, "still serving after all that");
@@ -360,4 +360,29 @@ fn listening_beyond_loopback_needs_a_key_and_origins_need_cors_origin() {
     let other = client().get(&models).header("origin", "http://localhost:3001").send().unwrap();
     assert_eq!(other.status(), 403);
     assert!(other.headers().get("access-control-allow-origin").is_none());
+}
+
+#[test]
+fn embeddings_are_normalized_and_closer_for_closer_texts() {
+    let server = Server::start(bundle(), &[]);
+    let response = post(&server, "/v1/embeddings", &json!({ "input": ["hot soup", "warm stew", "a red car"] }));
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().unwrap();
+    let vectors: Vec<Vec<f64>> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .collect();
+    assert_eq!(vectors.len(), 3);
+    assert_eq!(vectors[0].len(), 576, "SmolLM2-135M's hidden size");
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    assert!((dot(&vectors[0], &vectors[0]) - 1.0).abs() < 1e-3);
+    assert!(dot(&vectors[0], &vectors[1]) > dot(&vectors[0], &vectors[2]), "soup is nearer stew than a car");
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    // The same text gives the same vector, also while generation runs.
+    let again: Value = post(&server, "/v1/embeddings", &json!({ "input": "hot soup" })).json().unwrap();
+    let first: Vec<f64> =
+        again["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert!(dot(&first, &vectors[0]) > 0.9999);
 }

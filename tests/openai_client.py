@@ -68,6 +68,11 @@ completion = client.completions.create(model=model, prompt="Soup is", max_tokens
 assert completion.choices[0].text, completion
 assert completion.usage.completion_tokens == 5, completion.usage
 
+# Embeddings, which the client asks for as base64 and decodes itself.
+vectors = client.embeddings.create(model=model, input=["hot soup", "a red car"]).data
+assert len(vectors) == 2 and len(vectors[0].embedding) == 576, len(vectors[0].embedding)
+assert abs(sum(x * x for x in vectors[0].embedding) - 1) < 1e-3
+
 # Errors arrive as the client's typed exceptions.
 try:
     client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])

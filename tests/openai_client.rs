@@ -1,5 +1,5 @@
 //! The official `openai` Python client (installed from PyPI by `scripts/setup.sh --test`) runs models, chat,
-//! streaming with usage, JSON-schema output, completions and its typed errors against stove; the checks
+//! streaming with usage, JSON-schema output, completions, embeddings and its typed errors against stove; the checks
 //! are in tests/openai_client.py.
 
 mod common;

@@ -190,11 +190,30 @@ pub enum EngineError {
     Inference(String),
 }
 
+/// What waits in the worker's queue.
+enum Work {
+    Generate(Job),
+    Embed(EmbedJob),
+}
+
 /// A request ready for a slot: tokenized, with the channel its events go to.
 struct Job {
     request: Request,
     tokens: Vec<LlamaToken>,
     events: mpsc::UnboundedSender<Event>,
+}
+
+/// Texts to embed, tokenized, and where their vectors go.
+struct EmbedJob {
+    inputs: Vec<Vec<LlamaToken>>,
+    reply: tokio::sync::oneshot::Sender<Result<Embeddings, EngineError>>,
+}
+
+/// One L2-normalized vector per input, and the tokens they took.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: u32,
 }
 
 /// A handle to the engine; cheap to clone.
@@ -210,7 +229,7 @@ struct Shared {
     prompter: Arc<OnceLock<Prompter>>,
     metrics: Arc<Metrics>,
     /// The worker's queue; when the last handle is gone the worker ends and frees the model.
-    jobs: SyncSender<Job>,
+    jobs: SyncSender<Work>,
     max_queue: usize,
 }
 
@@ -246,7 +265,7 @@ impl Engine {
             size: span.len,
         };
         let max_queue = config.max_queue.max(1);
-        let (jobs, queue) = sync_channel::<Job>(max_queue);
+        let (jobs, queue) = sync_channel::<Work>(max_queue);
         let status =
             Arc::new(Status { state: Mutex::new(LoadState::Loading { permille: 0 }), changed: Condvar::new() });
         let prompter = Arc::new(OnceLock::new());
@@ -300,19 +319,38 @@ impl Engine {
             prompter.check_grammar(grammar)?;
         }
         let (events, receiver) = mpsc::unbounded_channel();
-        self.shared.metrics.queued();
-        match self.shared.jobs.try_send(Job { request, tokens, events }) {
-            Ok(()) => Ok(receiver),
-            Err(error) => {
-                self.shared.metrics.dequeued();
-                match error {
-                    TrySendError::Full(_) => Err(EngineError::Busy { waiting: self.shared.max_queue }),
-                    TrySendError::Disconnected(_) => {
-                        Err(EngineError::Inference("the engine thread has stopped".into()))
-                    }
-                }
-            }
+        self.queue(Work::Generate(Job { request, tokens, events }))?;
+        Ok(receiver)
+    }
+
+    /// Checks and queues texts to embed (the model's own pooling, or the mean of a generative model's last
+    /// hidden states); the L2-normalized vectors arrive on the returned channel.
+    pub fn embed(
+        &self,
+        texts: &[String],
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Embeddings, EngineError>>, EngineError> {
+        match self.state() {
+            LoadState::Loading { permille } => return Err(EngineError::Loading { permille }),
+            LoadState::Failed(message) => return Err(EngineError::LoadFailed(message)),
+            LoadState::Ready(_) => {}
         }
+        let prompter = self.shared.prompter.get().ok_or(EngineError::Loading { permille: 999 })?;
+        let inputs =
+            texts.iter().map(|text| prompter.tokenize(&Prompt::Text(text.clone()))).collect::<Result<Vec<_>, _>>()?;
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        self.queue(Work::Embed(EmbedJob { inputs, reply }))?;
+        Ok(receiver)
+    }
+
+    fn queue(&self, work: Work) -> Result<(), EngineError> {
+        self.shared.metrics.queued();
+        self.shared.jobs.try_send(work).map_err(|error| {
+            self.shared.metrics.dequeued();
+            match error {
+                TrySendError::Full(_) => EngineError::Busy { waiting: self.shared.max_queue },
+                TrySendError::Disconnected(_) => EngineError::Inference("the engine thread has stopped".into()),
+            }
+        })
     }
 }
 

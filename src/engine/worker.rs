@@ -7,15 +7,18 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 
 use super::metrics::Metrics;
 use super::prompt::{chat_template, Prompter};
 use super::slot::{Outcome, Slot};
-use super::{ffi, init_backend, page_in, EngineConfig, EngineError, Job, LoadState, Runtime, Status};
+use super::{
+    ffi, init_backend, page_in, EmbedJob, Embeddings, EngineConfig, EngineError, LoadState, Runtime, Status, Work,
+};
 use crate::bundle::ModelSpan;
 use crate::hardware;
 
@@ -34,14 +37,14 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    pub fn run(self, queue: Receiver<Job>) {
+    pub fn run(self, queue: Receiver<Work>) {
         if let Err(message) = self.serve(queue) {
             self.status.set(LoadState::Failed(message));
         }
     }
 
     /// Loads the model and serves jobs until every sender is gone. Errors are load failures, for the state.
-    fn serve(&self, queue: Receiver<Job>) -> Result<(), String> {
+    fn serve(&self, queue: Receiver<Work>) -> Result<(), String> {
         let (span, config) = (&self.span, &self.config);
         let started = Instant::now();
         let backend = init_backend(config.verbose)?;
@@ -96,8 +99,18 @@ impl Worker {
 
         let batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
         let slots = (0..parallel as i32).map(Slot::new).collect();
-        let mut scheduler =
-            Scheduler { model: &model, ctx, batch, slots, slot_context, metrics: &self.metrics, step: 0 };
+        let mut scheduler = Scheduler {
+            backend: &backend,
+            model: &model,
+            ctx,
+            batch,
+            slots,
+            slot_context,
+            threads,
+            embedder: None,
+            metrics: &self.metrics,
+            step: 0,
+        };
         scheduler.run(&queue);
         Ok(())
     }
@@ -123,18 +136,22 @@ fn default_parallel(model: &LlamaModel, context_size: u32) -> u32 {
 }
 
 struct Scheduler<'m> {
+    backend: &'m LlamaBackend,
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
     /// Reused for every decode, sized to the context's batch.
     batch: LlamaBatch<'static>,
     slots: Vec<Slot>,
     slot_context: u32,
+    threads: i32,
+    /// A second context that outputs pooled embeddings, made on the first `/v1/embeddings` request.
+    embedder: Option<LlamaContext<'m>>,
     metrics: &'m Metrics,
     step: u64,
 }
 
 impl Scheduler<'_> {
-    fn run(&mut self, queue: &Receiver<Job>) {
+    fn run(&mut self, queue: &Receiver<Work>) {
         loop {
             self.step += 1;
             if !self.admit(queue) {
@@ -170,21 +187,29 @@ impl Scheduler<'_> {
     }
 
     /// Moves waiting requests into free slots. Blocks while nothing runs; false once the engine is dropped.
-    fn admit(&mut self, queue: &Receiver<Job>) -> bool {
+    fn admit(&mut self, queue: &Receiver<Work>) -> bool {
         while self.slots.iter().any(|s| !s.is_busy()) {
             let idle = !self.slots.iter().any(Slot::is_busy);
-            let job = if idle {
+            let work = if idle {
                 match queue.recv() {
-                    Ok(job) => job,
+                    Ok(work) => work,
                     Err(_) => return false,
                 }
             } else {
                 match queue.try_recv() {
-                    Ok(job) => job,
+                    Ok(work) => work,
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => return true,
                 }
             };
             self.metrics.dequeued();
+            let job = match work {
+                Work::Generate(job) => job,
+                // Embedding is one short decode per input; it runs between two generation steps.
+                Work::Embed(job) => {
+                    self.embed(job);
+                    continue;
+                }
+            };
             if job.events.is_closed() {
                 Metrics::add(&self.metrics.cancelled, 1);
                 continue;
@@ -218,6 +243,53 @@ impl Scheduler<'_> {
             }
         }
         self.batch.n_tokens()
+    }
+
+    fn embed(&mut self, job: EmbedJob) {
+        let EmbedJob { inputs, reply } = job;
+        if reply.is_closed() {
+            return;
+        }
+        let _ = reply.send(self.embed_all(&inputs));
+    }
+
+    fn embed_all(&mut self, inputs: &[Vec<llama_cpp_2::token::LlamaToken>]) -> Result<Embeddings, EngineError> {
+        let inference = |e: &dyn std::fmt::Display| EngineError::Inference(e.to_string());
+        if self.embedder.is_none() {
+            // Embedding models name their pooling; a generative model's hidden states are averaged.
+            let arch = self.model.meta_val_str("general.architecture").unwrap_or_default();
+            let pooling = match self.model.meta_val_str(&format!("{arch}.pooling_type")) {
+                Ok(_) => LlamaPoolingType::Unspecified,
+                Err(_) => LlamaPoolingType::Mean,
+            };
+            let params = LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new(self.slot_context))
+                // A whole input is one batch: non-causal models need every token at once.
+                .with_n_batch(self.slot_context)
+                .with_n_ubatch(self.slot_context)
+                .with_n_threads(self.threads)
+                .with_n_threads_batch(self.threads)
+                .with_embeddings(true)
+                .with_pooling_type(pooling);
+            let context = self.model.new_context(self.backend, params).map_err(|e| inference(&e))?;
+            self.embedder = Some(context);
+        }
+        let context = self.embedder.as_mut().expect("made above");
+        let mut batch = LlamaBatch::new(self.slot_context as usize, 1);
+        let mut vectors = Vec::with_capacity(inputs.len());
+        for tokens in inputs {
+            context.clear_kv_cache();
+            batch.clear();
+            for (pos, &token) in tokens.iter().enumerate() {
+                batch.add(token, pos as i32, &[0], true).map_err(|e| inference(&e))?;
+            }
+            context.decode(&mut batch).map_err(|e| inference(&e))?;
+            let raw = context.embeddings_seq_ith(0).map_err(|e| inference(&e))?;
+            let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+            vectors.push(raw.iter().map(|x| x / norm).collect());
+        }
+        let prompt_tokens = inputs.iter().map(|t| t.len() as u32).sum();
+        Ok(Embeddings { vectors, prompt_tokens })
     }
 
     fn sync_busy_count(&self) {
