@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Metrics {
     /// Requests waiting for a free slot.
     pub waiting: AtomicU64,
-    /// Slots generating right now, and how many there are.
+    /// Slots generating right now (how many there are is in the runtime).
     pub busy_slots: AtomicU64,
-    pub slots: AtomicU64,
     /// Generations finished (any reason) and cancelled by their client.
     pub finished: AtomicU64,
     pub cancelled: AtomicU64,

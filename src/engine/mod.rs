@@ -308,12 +308,7 @@ impl Engine {
     /// Checks and queues a generation; its events arrive on the returned channel. A prompt that cannot fit,
     /// a bad grammar or a full queue are refused here, before any work.
     pub fn submit(&self, request: Request) -> Result<mpsc::UnboundedReceiver<Event>, EngineError> {
-        match self.state() {
-            LoadState::Loading { permille } => return Err(EngineError::Loading { permille }),
-            LoadState::Failed(message) => return Err(EngineError::LoadFailed(message)),
-            LoadState::Ready(_) => {}
-        }
-        let prompter = self.shared.prompter.get().ok_or(EngineError::Loading { permille: 999 })?;
+        let prompter = self.prompter()?;
         let tokens = prompter.tokenize(&request.prompt)?;
         if let Some(grammar) = &request.grammar {
             prompter.check_grammar(grammar)?;
@@ -329,17 +324,21 @@ impl Engine {
         &self,
         texts: &[String],
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Embeddings, EngineError>>, EngineError> {
-        match self.state() {
-            LoadState::Loading { permille } => return Err(EngineError::Loading { permille }),
-            LoadState::Failed(message) => return Err(EngineError::LoadFailed(message)),
-            LoadState::Ready(_) => {}
-        }
-        let prompter = self.shared.prompter.get().ok_or(EngineError::Loading { permille: 999 })?;
+        let prompter = self.prompter()?;
         let inputs =
             texts.iter().map(|text| prompter.tokenize(&Prompt::Text(text.clone()))).collect::<Result<Vec<_>, _>>()?;
         let (reply, receiver) = tokio::sync::oneshot::channel();
         self.queue(Work::Embed(EmbedJob { inputs, reply }))?;
         Ok(receiver)
+    }
+
+    /// The tokenizer and checks, once the model is ready; the load state as an error before.
+    fn prompter(&self) -> Result<&Prompter, EngineError> {
+        match self.state() {
+            LoadState::Loading { permille } => Err(EngineError::Loading { permille }),
+            LoadState::Failed(message) => Err(EngineError::LoadFailed(message)),
+            LoadState::Ready(_) => self.shared.prompter.get().ok_or(EngineError::Loading { permille: 999 }),
+        }
     }
 
     fn queue(&self, work: Work) -> Result<(), EngineError> {

@@ -88,7 +88,6 @@ impl Worker {
             system_prompt: config.system_prompt.clone(),
             context_size: slot_context,
         });
-        Metrics::add(&self.metrics.slots, u64::from(parallel));
         self.status.set(LoadState::Ready(Runtime {
             context_size: slot_context,
             parallel,

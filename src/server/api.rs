@@ -92,10 +92,14 @@ pub fn metrics(state: &AppState) -> Response<Body> {
     let m = state.engine.metrics();
     let get = Metrics::get;
     let seconds = |micros: &AtomicU64| get(micros) as f64 / 1e6;
+    let slots = match state.engine.state() {
+        LoadState::Ready(runtime) => runtime.parallel,
+        _ => 0,
+    };
     let decode_seconds = seconds(&m.decode_micros);
     let throughput = if decode_seconds > 0.0 { get(&m.decode_tokens) as f64 / decode_seconds } else { 0.0 };
     let table: [(&str, &str, &str, f64); 15] = [
-        ("slots", "gauge", "Conversations the engine decodes at once.", get(&m.slots) as f64),
+        ("slots", "gauge", "Conversations the engine decodes at once.", f64::from(slots)),
         ("slots_busy", "gauge", "Slots generating now.", get(&m.busy_slots) as f64),
         ("requests_waiting", "gauge", "Requests queued for a free slot.", get(&m.waiting) as f64),
         ("requests_finished_total", "counter", "Generations that ran to their end.", get(&m.finished) as f64),

@@ -9,8 +9,10 @@ mod api;
 mod assets;
 mod body;
 mod completions;
+mod embeddings;
 mod error;
 mod guard;
+mod request;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -162,7 +164,7 @@ async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<Respo
                 (&Method::GET, "/stove/info") => api::info(&state),
                 (&Method::POST, "/v1/chat/completions") => completions::chat_completions(&state, request).await,
                 (&Method::POST, "/v1/completions") => completions::completions(&state, request).await,
-                (&Method::POST, "/v1/embeddings") => completions::embeddings(&state, request).await,
+                (&Method::POST, "/v1/embeddings") => embeddings::embeddings(&state, request).await,
                 (_, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => method_not_allowed("POST"),
                 (_, p) if p.starts_with("/v1/") => not_found(p),
                 (&Method::GET | &Method::HEAD, p) => state.assets.respond(p, request.headers()),
