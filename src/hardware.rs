@@ -19,7 +19,17 @@ pub struct Device {
     pub name: String,
     pub description: String,
     pub backend: String,
+    /// "cpu", "gpu", "igpu" (integrated) or "accelerator".
+    pub kind: &'static str,
     pub memory_total: u64,
+    pub memory_free: u64,
+}
+
+impl Device {
+    /// Whether llama.cpp can offload layers to it.
+    pub fn is_gpu(&self) -> bool {
+        matches!(self.kind, "gpu" | "igpu")
+    }
 }
 
 /// Threads to use by default: one per physical core. llama.cpp's own default of 4 made generation 3.7x
@@ -29,15 +39,6 @@ pub fn default_threads() -> usize {
 }
 
 pub fn detect() -> Hardware {
-    let devices = llama_cpp_2::list_llama_ggml_backend_devices()
-        .into_iter()
-        .map(|d| Device {
-            name: d.name,
-            description: d.description,
-            backend: d.backend,
-            memory_total: d.memory_total as u64,
-        })
-        .collect();
     Hardware {
         cpu: cpu_model().unwrap_or_else(|| std::env::consts::ARCH.to_string()),
         cpu_features: cpu_features(),
@@ -45,8 +46,29 @@ pub fn detect() -> Hardware {
         logical_cores: num_cpus::get(),
         memory_total: meminfo("MemTotal:"),
         memory_available: available_memory(),
-        devices,
+        devices: devices(),
     }
+}
+
+/// The devices llama.cpp's loaded backends offer, the CPU included.
+pub fn devices() -> Vec<Device> {
+    use llama_cpp_2::LlamaBackendDeviceType as Type;
+    llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .map(|d| Device {
+            kind: match d.device_type {
+                Type::Cpu => "cpu",
+                Type::Gpu => "gpu",
+                Type::IntegratedGpu => "igpu",
+                _ => "accelerator",
+            },
+            name: d.name,
+            description: d.description,
+            backend: d.backend,
+            memory_total: d.memory_total as u64,
+            memory_free: d.memory_free as u64,
+        })
+        .collect()
 }
 
 /// Memory that can be used without swapping, from the kernel's own estimate.
@@ -96,6 +118,29 @@ fn cpu_features() -> Vec<&'static str> {
     features
 }
 
+/// The features the CPU backend's code uses, from llama.cpp's system info line (`CPU : SSE3 = 1 | AVX = 1 |
+/// ...`): with ggml's CPU variants these are the chosen variant's, not just what the processor offers.
+pub fn cpu_backend_features(system_info: &str) -> Vec<String> {
+    let mut backend = "";
+    let mut features = Vec::new();
+    for part in system_info.split('|') {
+        // A new backend's section starts "NAME : FEATURE = VALUE".
+        let part = match part.split_once(" : ") {
+            Some((name, rest)) => {
+                backend = name.trim();
+                rest
+            }
+            None => part,
+        };
+        if let Some((feature, value)) = part.split_once('=') {
+            if backend == "CPU" && value.trim() == "1" {
+                features.push(feature.trim().to_string());
+            }
+        }
+    }
+    features
+}
+
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
@@ -120,6 +165,13 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(98_362_432), "93.8 MiB");
         assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+    }
+
+    #[test]
+    fn cpu_features_come_from_the_cpu_section_only() {
+        let info = "CUDA : ARCHS = 890 | USE_GRAPHS = 1 | CPU : SSE3 = 1 | AVX = 1 | AVX512 = 0 | FMA = 1 | ";
+        assert_eq!(cpu_backend_features(info), ["SSE3", "AVX", "FMA"]);
+        assert!(cpu_backend_features("").is_empty());
     }
 
     #[test]

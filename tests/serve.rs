@@ -83,8 +83,14 @@ fn models_health_and_the_page_are_served() {
     let etag = page.headers()["etag"].clone();
     let cached = client().get(&server.url).header("if-none-match", etag).send().unwrap();
     assert_eq!(cached.status(), 304);
-    for (path, kind) in [("/app.js", "text/javascript"), ("/style.css", "text/css"), ("/favicon.svg", "image/svg+xml")]
-    {
+    let files = [
+        ("/js/app.js", "text/javascript"),
+        ("/vendor/marked/marked.umd.js", "text/javascript"),
+        ("/vendor/marked/LICENSE.txt", "text/plain"),
+        ("/style.css", "text/css"),
+        ("/favicon.svg", "image/svg+xml"),
+    ];
+    for (path, kind) in files {
         let response = client().get(format!("{}{path}", server.url)).send().unwrap();
         assert_eq!(response.status(), 200, "{path}");
         assert!(response.headers()["content-type"].to_str().unwrap().starts_with(kind), "{path}");
@@ -173,7 +179,7 @@ fn a_page_packed_with_the_bundle_replaces_the_built_in_one() {
     assert_eq!(client().get(&server.url).send().unwrap().text().unwrap(), "<h1>My kitchen</h1>");
     let svg = client().get(format!("{}/img/pot.svg", server.url)).send().unwrap();
     assert_eq!(svg.headers()["content-type"], "image/svg+xml");
-    assert_eq!(client().get(format!("{}/app.js", server.url)).send().unwrap().status(), 404);
+    assert_eq!(client().get(format!("{}/js/app.js", server.url)).send().unwrap().status(), 404);
     // The API is unchanged.
     assert_eq!(server.chat(ask("Hi")).0, 200);
 }

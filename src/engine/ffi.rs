@@ -76,3 +76,13 @@ pub fn load_model_at(
     // Drop frees it with llama_model_free, which is how a model from this loader must be freed.
     Ok(unsafe { std::mem::transmute::<NonNull<llama_cpp_sys_2::llama_model>, LlamaModel>(model) })
 }
+
+/// llama.cpp's one-line report of its backends and the features each was built with, for example
+/// `CPU : SSE3 = 1 | AVX2 = 1 | FMA = 1 | ...`.
+pub fn system_info() -> String {
+    // SAFETY: llama_print_system_info takes no arguments and returns a NUL-terminated string in a static
+    // buffer that stays valid until the next call; it is copied out at once. Callers are the engine thread
+    // after the backend is initialised and `stove info`, never two at a time.
+    let text = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
+    text.to_string_lossy().into_owned()
+}

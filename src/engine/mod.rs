@@ -79,6 +79,12 @@ pub struct Runtime {
     pub threads: usize,
     pub mmap: bool,
     pub load_seconds: f64,
+    /// What the CPU backend was built for (with CPU variants: the one ggml picked), e.g. AVX2, FMA.
+    pub cpu_features: Vec<String>,
+    /// The model's layers, and how many of them run on `gpus`.
+    pub layers: u32,
+    pub gpu_layers: u32,
+    pub gpus: Vec<hardware::Device>,
 }
 
 #[derive(Debug, Clone)]
@@ -231,6 +237,7 @@ struct Shared {
     /// The worker's queue; when the last handle is gone the worker ends and frees the model.
     jobs: SyncSender<Work>,
     max_queue: usize,
+    system_prompt: Option<String>,
 }
 
 /// The load state, shared with the worker thread, which changes it.
@@ -265,6 +272,7 @@ impl Engine {
             size: span.len,
         };
         let max_queue = config.max_queue.max(1);
+        let system_prompt = config.system_prompt.clone();
         let (jobs, queue) = sync_channel::<Work>(max_queue);
         let status =
             Arc::new(Status { state: Mutex::new(LoadState::Loading { permille: 0 }), changed: Condvar::new() });
@@ -278,11 +286,16 @@ impl Engine {
             metrics: Arc::clone(&metrics),
         };
         std::thread::Builder::new().name("stove-engine".into()).spawn(move || worker.run(queue))?;
-        Ok(Engine { shared: Arc::new(Shared { info, status, prompter, metrics, jobs, max_queue }) })
+        Ok(Engine { shared: Arc::new(Shared { info, status, prompter, metrics, jobs, max_queue, system_prompt }) })
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.shared.info
+    }
+
+    /// The system prompt a conversation without one gets (`--system-prompt`).
+    pub fn system_prompt(&self) -> Option<&str> {
+        self.shared.system_prompt.as_deref()
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -88,12 +88,24 @@ impl Worker {
             system_prompt: config.system_prompt.clone(),
             context_size: slot_context,
         });
+        let gpus: Vec<_> = hardware::devices().into_iter().filter(hardware::Device::is_gpu).collect();
+        let layers = model.n_layer();
+        // llama.cpp offloads the first `--gpu-layers` layers (all for -1) when there is a GPU to take them.
+        let gpu_layers = match u32::try_from(config.gpu_layers) {
+            _ if gpus.is_empty() => 0,
+            Ok(n) => n.min(layers),
+            Err(_) => layers,
+        };
         self.status.set(LoadState::Ready(Runtime {
             context_size: slot_context,
             parallel,
             threads: config.threads,
             mmap: config.use_mmap,
             load_seconds: started.elapsed().as_secs_f64(),
+            cpu_features: hardware::cpu_backend_features(&ffi::system_info()),
+            layers,
+            gpu_layers,
+            gpus,
         }));
 
         let batch = LlamaBatch::new(ctx.n_batch() as usize, 1);

@@ -68,10 +68,24 @@ pub fn info(state: &AppState) -> Response<Body> {
         &json!({
             "model": state.engine.info(),
             "runtime": runtime,
+            // What a request that sets nothing gets: the page starts each conversation's settings from these.
+            "defaults": {
+                "system_prompt": state.engine.system_prompt(),
+                "temperature": decimal(state.sampling.temperature),
+                "top_k": state.sampling.top_k,
+                "top_p": decimal(state.sampling.top_p),
+                "min_p": decimal(state.sampling.min_p),
+                "seed": state.sampling.seed,
+            },
             "stove_version": env!("CARGO_PKG_VERSION"),
             "stove_commit": env!("STOVE_COMMIT"),
         }),
     )
+}
+
+/// An `f32` as the decimal people typed (0.8), not its nearest double (0.800000011920929).
+fn decimal(value: f32) -> f64 {
+    value.to_string().parse().unwrap_or(f64::from(value))
 }
 
 /// HTTP responses by status class (1xx to 5xx), for `/metrics`.

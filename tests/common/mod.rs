@@ -81,10 +81,43 @@ impl Server {
 
     /// Starts it and returns once it has printed its URL, without waiting for the model.
     pub fn spawn(program: &Path, args: &[&str]) -> Server {
+        Server::spawn_on(program, 0, args)
+    }
+
+    /// Starts it on `port` (0: any free one) and waits for `/health`, as [`Server::start`].
+    pub fn start_on(program: &Path, port: u16, args: &[&str]) -> Server {
+        let server = Server::spawn_on(program, port, args);
+        server.wait_healthy();
+        server
+    }
+
+    fn spawn_on(program: &Path, port: u16, args: &[&str]) -> Server {
         let mut command = Command::new(program);
         // One thread each: several test servers share two cores, and llama.cpp's spinning threads would fight.
-        command.args(args).args(["--port", "0", "--no-browser", "--threads", "1"]);
+        command.args(args).args(["--port", &port.to_string(), "--no-browser", "--threads", "1"]);
         Server::launch(command)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("the URL ends with the port")
+    }
+
+    /// `/metrics` as text.
+    pub fn metrics(&self) -> String {
+        client().get(format!("{}/metrics", self.url)).send().unwrap().text().unwrap()
+    }
+
+    /// Waits until `/metrics` holds every one of `lines` (such as `stove_slots_busy 0`).
+    pub fn wait_metrics(&self, lines: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let metrics = self.metrics();
+            if lines.iter().all(|line| metrics.lines().any(|l| l == *line)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "/metrics never showed {lines:?}:\n{metrics}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Runs `command` (stdout and stderr piped) and returns once it has printed its URL.

@@ -1,0 +1,121 @@
+// A conversation as the page keeps it, and its two export formats (JSON and Markdown), both of which import
+// back. Settings hold only what the person changed; the rest comes from the model's defaults at send time.
+
+export const SETTINGS = ["system_prompt", "temperature", "top_p", "top_k", "min_p", "max_tokens", "seed"];
+const ROLES = ["user", "assistant"];
+const FORMAT = "stove.conversation";
+
+export function create(model) {
+  const now = Date.now();
+  return { id: crypto.randomUUID(), title: "", model, created: now, updated: now, settings: {}, messages: [] };
+}
+
+/** The sidebar's name for a conversation: its own title, or the start of its first question. */
+export function titleOf(conversation) {
+  if (conversation.title) return conversation.title;
+  const first = conversation.messages.find((m) => m.role === "user")?.content.trim();
+  if (!first) return "New chat";
+  const line = first.split("\n")[0];
+  return line.length > 60 ? `${line.slice(0, 57)}…` : line;
+}
+
+/**
+ * The body of a chat completion request continuing `conversation`: its messages, its system prompt, and the
+ * settings it changed. Everything else is left to stove, whose defaults (the bundle's) the page shows.
+ */
+export function requestBody(conversation) {
+  const own = conversation.settings;
+  const messages = conversation.messages.map(({ role, content }) => ({ role, content }));
+  if (own.system_prompt) messages.unshift({ role: "system", content: own.system_prompt });
+  const body = { messages };
+  for (const name of ["temperature", "top_p", "top_k", "min_p", "max_tokens", "seed"]) {
+    if (typeof own[name] === "number" && Number.isFinite(own[name])) body[name] = own[name];
+  }
+  return body;
+}
+
+export function toJson(conversation) {
+  const { model, created, updated, settings, messages } = conversation;
+  const out = { format: FORMAT, version: 1, title: titleOf(conversation), model, created, updated, settings };
+  out.messages = messages.map(({ role, content, meta }) => (meta ? { role, content, meta } : { role, content }));
+  return JSON.stringify(out, null, 2);
+}
+
+// Markdown sections start with an HTML comment (invisible when rendered) so that a heading inside an answer
+// never splits it on import.
+const MARKER = /^<!-- stove:(user|assistant) -->$/;
+const HEADINGS = { user: "## You", assistant: "## Assistant" };
+
+export function toMarkdown(conversation) {
+  const parts = [`# ${titleOf(conversation)}`, ""];
+  if (conversation.model) parts.push(`*Model: ${conversation.model}*`, "");
+  const system = conversation.settings.system_prompt;
+  if (system) parts.push("<!-- stove:system -->", "> **System prompt:** " + system.replace(/\n/g, "\n> "), "");
+  for (const message of conversation.messages) {
+    parts.push(`<!-- stove:${message.role} -->`, HEADINGS[message.role], "", message.content, "");
+  }
+  return parts.join("\n");
+}
+
+/** A conversation from the text of an exported file; throws an Error naming what is wrong. */
+export function parse(text, fileName, model) {
+  const conversation = create(model);
+  const trimmed = text.trimStart();
+  if (trimmed.startsWith("{") || trimmed.startsWith("[")) {
+    let data;
+    try {
+      data = JSON.parse(text);
+    } catch (error) {
+      throw new Error(`${fileName} is not valid JSON (${error.message}).`);
+    }
+    // Also takes a bare OpenAI message list, or a request body with `messages`.
+    const messages = Array.isArray(data) ? data : data.messages;
+    if (!Array.isArray(messages)) throw new Error(`${fileName} has no "messages" list, so it is not a conversation.`);
+    for (const [i, m] of messages.entries()) {
+      if (m?.role === "system" && typeof m.content === "string") {
+        conversation.settings.system_prompt = m.content;
+        continue;
+      }
+      if (!ROLES.includes(m?.role) || typeof m.content !== "string") {
+        throw new Error(`Message ${i + 1} of ${fileName} needs a role of "user" or "assistant" and text content.`);
+      }
+      conversation.messages.push(m.meta ? { role: m.role, content: m.content, meta: m.meta } : { role: m.role, content: m.content });
+    }
+    if (typeof data.title === "string") conversation.title = data.title;
+    if (typeof data.model === "string") conversation.model = data.model;
+    if (data.settings && typeof data.settings === "object") {
+      for (const name of SETTINGS) if (name in data.settings) conversation.settings[name] = data.settings[name];
+    }
+  } else {
+    let role = null;
+    let lines = [];
+    const flush = () => {
+      if (role === "system") {
+        const body = lines.join("\n").replace(/^> ?/gm, "").replace(/^\*\*System prompt:\*\* ?/, "");
+        conversation.settings.system_prompt = body.trim();
+      } else if (role) {
+        if (lines[0] === HEADINGS[role]) lines = lines.slice(1);
+        conversation.messages.push({ role, content: lines.join("\n").trim() });
+      }
+      lines = [];
+    };
+    for (const line of text.split(/\r?\n/)) {
+      const system = line === "<!-- stove:system -->";
+      const marker = line.match(MARKER);
+      if (marker || system) {
+        flush();
+        role = system ? "system" : marker[1];
+      } else if (role) {
+        lines.push(line);
+      } else if (line.startsWith("# ") && !conversation.title) {
+        conversation.title = line.slice(2).trim();
+      }
+    }
+    flush();
+    if (!conversation.messages.length) {
+      throw new Error(`${fileName} holds no stove conversation: its sections start with <!-- stove:user --> lines.`);
+    }
+  }
+  if (!conversation.messages.length) throw new Error(`${fileName} holds no messages.`);
+  return conversation;
+}
