@@ -4,7 +4,7 @@
 import * as api from "./api.js";
 import * as store from "./store.js";
 import * as conv from "./conversation.js";
-import { render } from "./markdown.js";
+import { MarkdownView, renderInto } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -35,7 +35,7 @@ const state = {
   conversations: [],
   /** The conversation on screen. */
   current: null,
-  /** The answer being written: {conversation, controller, text, started, firstTokenAt, pieces, view}. */
+  /** The answer being written: {conversation, controller, text, started, firstTokenAt, pieces, view, markdown}. */
   generation: null,
   /** A failure shown under the current conversation: {message, retry}. */
   failure: null,
@@ -313,7 +313,7 @@ function metaText(meta) {
 function messageView(message, index) {
   const view = make("article", { class: `message ${message.role}`, "data-index": String(index) });
   const content = make("div", { class: message.role === "assistant" ? "content markdown" : "content" });
-  if (message.role === "assistant") content.innerHTML = render(message.content);
+  if (message.role === "assistant") renderInto(content, message.content);
   else content.textContent = message.content;
   const label = message.role === "user" ? "You" : "Assistant";
   view.setAttribute("aria-label", label);
@@ -378,7 +378,7 @@ function scheduleRender() {
     const g = state.generation;
     if (!g || g.conversation !== state.current) return;
     const follow = nearBottom();
-    g.view.querySelector(".content").innerHTML = render(g.text);
+    g.markdown.update(g.text);
     const seconds = g.firstTokenAt ? (performance.now() - g.firstTokenAt) / 1000 : 0;
     const live = seconds > 0.2 ? ` · ${formatNumber(g.pieces / seconds, 1)} tokens/s` : "";
     const first = g.firstTokenAt ? `first token ${formatNumber(g.firstTokenAt - g.started)} ms${live}` : "waiting for the first token…";
@@ -405,7 +405,16 @@ async function generate(conversation) {
   const view = make("article", { class: "message assistant streaming", "aria-label": "Assistant", "aria-busy": "true" },
     make("div", { class: "content markdown" }),
     make("div", { class: "message-foot" }, make("span", { class: "meta", text: "waiting for the first token…" })));
-  const g = { conversation, controller: new AbortController(), text: "", started: performance.now(), firstTokenAt: null, pieces: 0, view };
+  const g = {
+    conversation,
+    controller: new AbortController(),
+    text: "",
+    started: performance.now(),
+    firstTokenAt: null,
+    pieces: 0,
+    view,
+    markdown: new MarkdownView(view.querySelector(".content")),
+  };
   state.generation = g;
   if (conversation === state.current) renderConversation();
   let result = null;

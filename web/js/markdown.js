@@ -5,7 +5,7 @@
 /* global marked, hljs, DOMPurify */
 
 const escapes = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
-export const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => escapes[c]);
+const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => escapes[c]);
 
 // While an answer streams, the page re-renders it every frame; finished code blocks come from here.
 const highlighted = new Map();
@@ -59,6 +59,38 @@ const PURIFY = {
   ALLOWED_URI_REGEXP: /^(?:https?:|mailto:|#)/i,
 };
 
-export function render(markdown) {
-  return DOMPurify.sanitize(parser.parse(markdown), PURIFY);
+/** Shows finished Markdown in `element`, in one pass. */
+export function renderInto(element, markdown) {
+  element.replaceChildren(DOMPurify.sanitize(parser.parse(markdown), { ...PURIFY, RETURN_DOM_FRAGMENT: true }));
+}
+
+/**
+ * Shows Markdown in an element and keeps it current as the text grows. Each top-level block (a paragraph, a
+ * list, a code block) is rendered once: an update re-renders only the blocks whose source changed, which
+ * while an answer streams is the last one. A whole re-render and re-layout of a long answer each frame would
+ * not keep up.
+ */
+export class MarkdownView {
+  constructor(element) {
+    this.element = element;
+    /** The rendered blocks, in order: their Markdown source and the nodes made from it. */
+    this.blocks = [];
+  }
+
+  update(markdown) {
+    const tokens = parser.lexer(markdown);
+    let same = 0;
+    while (same < this.blocks.length && same < tokens.length && this.blocks[same].raw === tokens[same].raw) same++;
+    for (const block of this.blocks.splice(same)) for (const node of block.nodes) node.remove();
+    for (const token of tokens.slice(same)) {
+      if (token.type === "space") {
+        this.blocks.push({ raw: token.raw, nodes: [] });
+        continue;
+      }
+      const fragment = DOMPurify.sanitize(parser.parser([token]), { ...PURIFY, RETURN_DOM_FRAGMENT: true });
+      const nodes = [...fragment.childNodes];
+      this.element.append(fragment);
+      this.blocks.push({ raw: token.raw, nodes });
+    }
+  }
 }
