@@ -202,31 +202,47 @@ fn conversations_survive_reloads_and_restarts_and_can_be_switched_renamed_and_de
     page.wait_for("document.querySelectorAll('#conversations .open').length === 2");
     assert_eq!(page.messages("user"), ["What is the capital of Germany?"], "the restored conversation is open");
 
-    // stove stops: a question sent now says the connection is lost, and the page keeps trying.
+    // stove stops in the middle of an answer: the page says so, keeps what was written, and keeps trying.
+    page.send("Write a very long story about a stove that travels the world.");
+    page.wait_for("(document.querySelector('.message.assistant.streaming .content')?.textContent.length ?? 0) > 20");
     let port = server.port();
     drop(server);
-    page.send("Say hi.");
     page.wait_for("!!document.querySelector('.message.error .retry')");
     let error = page.text("document.querySelector('.message.error').textContent");
-    assert!(error.contains("Lost the connection"), "{error}");
+    assert!(error.contains("broke off"), "{error}");
+    let meta = page.text("[...document.querySelectorAll('.message.assistant .meta')].pop().textContent");
+    assert!(meta.ends_with("interrupted"), "{meta}");
     page.wait_for("!document.getElementById('banner').hidden");
     assert!(page.text("document.getElementById('banner').textContent").contains("Trying again"));
 
-    // stove starts again on the same address: the page reconnects, Retry answers the question.
+    // stove starts again on the same address: the page reconnects, and Retry writes the answer again.
     let server = Server::start_on(bundle(), port, &["--temperature", "0"]);
     page.wait_for("document.getElementById('banner').hidden");
     page.wait_ready();
     page.click(".message.error .retry");
     page.wait_for("!document.querySelector('.message.error')");
     page.wait_answered();
-    assert_eq!(page.messages("user").last().unwrap(), "Say hi.");
-    assert_eq!(page.messages("assistant").len(), 2);
+    assert_eq!(page.messages("assistant").len(), 2, "the interrupted answer was replaced");
+    assert!(!page
+        .text("[...document.querySelectorAll('.message.assistant .meta')].pop().textContent")
+        .contains("interrupted"));
+
+    // Stopped while idle: the page notices by itself, and lets typing go on until stove is back.
+    drop(server);
+    page.wait_for("!document.getElementById('banner').hidden");
+    page.wait_for("document.getElementById('send').disabled && !document.getElementById('prompt').disabled");
+    let server = Server::start_on(bundle(), port, &["--temperature", "0"]);
+    page.wait_for("document.getElementById('banner').hidden");
+    page.wait_ready();
+    // (A new chat: the regenerated story may have filled its conversation's context.)
+    page.click("#new-chat");
+    send_and_wait(&page, "Say hi.");
 
     // And everything is still there after a reload against the restarted stove.
     page.reload();
     page.wait_ready();
-    assert_eq!(sidebar(&page), ["What is the capital of Germany?", "Paris trip"]);
-    assert_eq!(page.messages("user"), ["What is the capital of Germany?", "Say hi."]);
+    assert_eq!(sidebar(&page), ["Say hi.", "What is the capital of Germany?", "Paris trip"]);
+    assert_eq!(page.messages("user"), ["Say hi."]);
     assert_offline(&page, &server);
 }
 
@@ -336,11 +352,11 @@ fn markdown_renders_safely_and_conversations_export_and_import() {
 
 #[test]
 fn server_errors_are_shown_in_the_conversation() {
-    let server = Server::start(bundle(), &["--ctx-size", "256", "--parallel", "1", "--max-queue", "1"]);
+    let server = Server::start(bundle(), &["--parallel", "1", "--max-queue", "1"]);
     let page = open(&server);
 
     // Too long for the context: said so, and the question is given back to shorten.
-    let long = "Tell me about cooking. ".repeat(120);
+    let long = "Tell me about cooking. ".repeat(250);
     page.send(long.trim());
     page.wait_for("!!document.querySelector('.message.error')");
     let error = page.text("document.querySelector('.message.error').textContent");

@@ -360,7 +360,8 @@ function updateContext() {
 
 function updateComposer() {
   const busy = !!state.generation;
-  el.prompt.disabled = !state.ready;
+  // Typing goes on while stove is away; sending waits for it.
+  el.prompt.disabled = !state.info;
   el.send.disabled = !state.ready || busy;
   el.send.hidden = busy;
   el.stop.hidden = !busy;
@@ -620,7 +621,8 @@ el.stop.addEventListener("click", stop);
 el.composer.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = el.prompt.value.trim();
-  if (!text || state.generation || !state.ready) return;
+  if (!text || state.generation) return;
+  if (!state.ready) return toast("stove is not answering yet; your message stays here until it is back.");
   el.prompt.value = "";
   autosize();
   send(text);
