@@ -226,8 +226,11 @@ function persist(conversation) {
 }
 
 function select(conversation) {
-  // An untouched new chat left behind is dropped.
-  state.conversations = state.conversations.filter((c) => c === conversation || c.messages.length);
+  // An untouched new chat left behind is dropped (and forgotten, if its settings had been stored).
+  for (const left of state.conversations.filter((c) => c !== conversation && !c.messages.length)) {
+    state.conversations = state.conversations.filter((c) => c !== left);
+    store.remove(left.id);
+  }
   state.current = conversation;
   state.failure = null;
   document.body.classList.remove("sidebar-open");

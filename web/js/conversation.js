@@ -7,7 +7,9 @@ const FORMAT = "stove.conversation";
 
 export function create(model) {
   const now = Date.now();
-  return { id: crypto.randomUUID(), title: "", model, created: now, updated: now, settings: {}, messages: [] };
+  // randomUUID exists only in secure contexts; a page opened by LAN address (stove --host) is not one.
+  const id = crypto.randomUUID?.() ?? `${now.toString(36)}-${Math.random().toString(36).slice(2)}`;
+  return { id, title: "", model, created: now, updated: now, settings: {}, messages: [] };
 }
 
 /** The sidebar's name for a conversation: its own title, or the start of its first question. */
