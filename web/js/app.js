@@ -69,7 +69,9 @@ function toast(text, action = null, isError = false) {
   el.toast.setAttribute("role", isError ? "alert" : "status");
   el.toast.classList.toggle("error", isError);
   if (action) {
-    el.toast.append(make("button", { type: "button", text: action.label, onclick: () => ((el.toast.hidden = true), action.run()) }));
+    el.toast.append(
+      make("button", { type: "button", text: action.label, onclick: () => ((el.toast.hidden = true), action.run()) }),
+    );
   }
   el.toast.hidden = false;
   toastTimer = setTimeout(() => (el.toast.hidden = true), action ? 8000 : 5000);
@@ -174,14 +176,19 @@ function showModel() {
     ["Parameters", `${formatNumber(model.parameters / 1e6, 1)} M`],
     ["Quantization", model.quantization],
     ["Size", `${formatNumber(model.size / 2 ** 20, 1)} MiB`],
-    ["Context", `${formatNumber(r.context_size)} tokens per conversation${model.trained_context ? ` (trained ${formatNumber(model.trained_context)})` : ""}`],
+    [
+      "Context",
+      `${formatNumber(r.context_size)} tokens per conversation${model.trained_context ? ` (trained ${formatNumber(model.trained_context)})` : ""}`,
+    ],
     ["At once", `${r.parallel} conversation${r.parallel === 1 ? "" : "s"}`],
     ["CPU", `${r.threads} thread${r.threads === 1 ? "" : "s"} · ${r.cpu_features.join(" ") || "baseline"}`],
     ["GPU", gpu],
     ["Loaded in", `${formatNumber(r.load_seconds, 1)} s${r.mmap ? ", mapped from the file" : ""}`],
     ["stove", `${state.info.stove_version} (${state.info.stove_commit})`],
   ];
-  $("model-facts").replaceChildren(...facts.flatMap(([term, value]) => [make("dt", { text: term }), make("dd", { text: value })]));
+  $("model-facts").replaceChildren(
+    ...facts.flatMap(([term, value]) => [make("dt", { text: term }), make("dd", { text: value })]),
+  );
   setStatus(`ready · ${model.quantization} · ${r.parallel} at once`);
 }
 
@@ -199,8 +206,20 @@ function renderSidebar() {
       if (current) open.setAttribute("aria-current", "page");
       item.append(
         open,
-        make("button", { type: "button", class: "icon small", "aria-label": `Rename ${title}`, text: "✎", onclick: () => rename(c, item) }),
-        make("button", { type: "button", class: "icon small", "aria-label": `Delete ${title}`, text: "✕", onclick: () => remove(c) }),
+        make("button", {
+          type: "button",
+          class: "icon small",
+          "aria-label": `Rename ${title}`,
+          text: "✎",
+          onclick: () => rename(c, item),
+        }),
+        make("button", {
+          type: "button",
+          class: "icon small",
+          "aria-label": `Delete ${title}`,
+          text: "✕",
+          onclick: () => remove(c),
+        }),
       );
       return item;
     }),
@@ -321,13 +340,42 @@ function messageView(message, index) {
   const label = message.role === "user" ? "You" : "Assistant";
   view.setAttribute("aria-label", label);
   const actions = make("div", { class: "actions" });
-  actions.append(make("button", { type: "button", class: "copy-message", text: "Copy", "aria-label": `Copy this message`, onclick: () => copyText(message.content).then(() => toast("Copied.")) }));
+  actions.append(
+    make("button", {
+      type: "button",
+      class: "copy-message",
+      text: "Copy",
+      "aria-label": `Copy this message`,
+      onclick: () => copyText(message.content).then(() => toast("Copied.")),
+    }),
+  );
   if (message.role === "user") {
-    actions.append(make("button", { type: "button", class: "edit", text: "Edit", "aria-label": "Edit this message and answer again", onclick: () => edit(index) }));
+    actions.append(
+      make("button", {
+        type: "button",
+        class: "edit",
+        text: "Edit",
+        "aria-label": "Edit this message and answer again",
+        onclick: () => edit(index),
+      }),
+    );
   } else if (index === state.current.messages.length - 1) {
-    actions.append(make("button", { type: "button", class: "regenerate", text: "Regenerate", "aria-label": "Write this answer again", onclick: regenerate }));
+    actions.append(
+      make("button", {
+        type: "button",
+        class: "regenerate",
+        text: "Regenerate",
+        "aria-label": "Write this answer again",
+        onclick: regenerate,
+      }),
+    );
   }
-  const foot = make("div", { class: "message-foot" }, make("span", { class: "meta", text: metaText(message.meta) }), actions);
+  const foot = make(
+    "div",
+    { class: "message-foot" },
+    make("span", { class: "meta", text: metaText(message.meta) }),
+    actions,
+  );
   view.append(content, foot);
   return view;
 }
@@ -354,11 +402,15 @@ function updateContext() {
   const size = state.info?.runtime.context_size;
   const used = last ? last.meta.prompt_tokens + last.meta.completion_tokens : 0;
   el.meter.value = size ? Math.min(used / size, 1) : 0;
-  const text = size && last ? `${formatNumber(used)} of ${formatNumber(size)} tokens (${Math.round((used / size) * 100)}%)` : "–";
+  const text =
+    size && last ? `${formatNumber(used)} of ${formatNumber(size)} tokens (${Math.round((used / size) * 100)}%)` : "–";
   $("context-used").textContent = text;
   el.meter.title = `Context used: ${text}`;
-  $("last-speed").textContent = last?.meta.tokens_per_second ? `${formatNumber(last.meta.tokens_per_second, 1)} tokens/s` : "–";
-  $("last-first-token").textContent = last?.meta.first_token_ms !== undefined ? `${formatNumber(last.meta.first_token_ms)} ms` : "–";
+  $("last-speed").textContent = last?.meta.tokens_per_second
+    ? `${formatNumber(last.meta.tokens_per_second, 1)} tokens/s`
+    : "–";
+  $("last-first-token").textContent =
+    last?.meta.first_token_ms != null ? `${formatNumber(last.meta.first_token_ms)} ms` : "–";
 }
 
 function updateComposer() {
@@ -385,7 +437,9 @@ function scheduleRender() {
     g.markdown.update(g.text);
     const seconds = g.firstTokenAt ? (performance.now() - g.firstTokenAt) / 1000 : 0;
     const live = seconds > 0.2 ? ` · ${formatNumber(g.pieces / seconds, 1)} tokens/s` : "";
-    const first = g.firstTokenAt ? `first token ${formatNumber(g.firstTokenAt - g.started)} ms${live}` : "waiting for the first token…";
+    const first = g.firstTokenAt
+      ? `first token ${formatNumber(g.firstTokenAt - g.started)} ms${live}`
+      : "waiting for the first token…";
     g.view.querySelector(".meta").textContent = first;
     if (follow) el.messages.scrollTop = el.messages.scrollHeight;
   });
@@ -393,7 +447,8 @@ function scheduleRender() {
 
 function failureView(failure) {
   const view = make("div", { class: "message error", role: "alert" }, make("p", { text: failure.message }));
-  if (failure.retry) view.append(make("button", { type: "button", class: "retry", text: "Retry", onclick: failure.retry }));
+  if (failure.retry)
+    view.append(make("button", { type: "button", class: "retry", text: "Retry", onclick: failure.retry }));
   return view;
 }
 
@@ -406,9 +461,12 @@ function showFailure(conversation, failure) {
 /** Writes the next assistant message of `conversation`, streaming it onto the page. */
 async function generate(conversation) {
   state.failure = null;
-  const view = make("article", { class: "message assistant streaming", "aria-label": "Assistant", "aria-busy": "true" },
+  const view = make(
+    "article",
+    { class: "message assistant streaming", "aria-label": "Assistant", "aria-busy": "true" },
     make("div", { class: "content markdown" }),
-    make("div", { class: "message-foot" }, make("span", { class: "meta", text: "waiting for the first token…" })));
+    make("div", { class: "message-foot" }, make("span", { class: "meta", text: "waiting for the first token…" })),
+  );
   const g = {
     conversation,
     controller: new AbortController(),
@@ -479,7 +537,10 @@ function handleFailure(conversation, error) {
   }
   if (error.lostConnection) {
     reconnect();
-    return showFailure(conversation, { message: `${error.message} The page will reconnect by itself; then retry.`, retry });
+    return showFailure(conversation, {
+      message: `${error.message} The page will reconnect by itself; then retry.`,
+      retry,
+    });
   }
   if (error.status === 503) {
     const wait = error.retryAfter ? ` Try again in ${error.retryAfter} s.` : "";
@@ -531,9 +592,12 @@ function edit(index) {
       renderConversation();
     }
   });
-  const buttons = make("div", { class: "actions" },
+  const buttons = make(
+    "div",
+    { class: "actions" },
     make("button", { type: "button", class: "primary save-edit", text: "Save and send", onclick: save }),
-    make("button", { type: "button", text: "Cancel", onclick: renderConversation }));
+    make("button", { type: "button", text: "Cancel", onclick: renderConversation }),
+  );
   view.replaceChildren(area, buttons);
   view.classList.add("editing");
   area.focus();
@@ -576,7 +640,12 @@ $("reset-settings").addEventListener("click", () => {
 // ---- Export and import ---------------------------------------------------------------------------------
 
 function download(text, extension, type) {
-  const name = conv.titleOf(state.current).replace(/[^\p{L}\p{N}]+/gu, "-").replace(/^-|-$/g, "").slice(0, 60) || "conversation";
+  const name =
+    conv
+      .titleOf(state.current)
+      .replace(/[^\p{L}\p{N}]+/gu, "-")
+      .replace(/^-|-$/g, "")
+      .slice(0, 60) || "conversation";
   const link = make("a", { href: URL.createObjectURL(new Blob([text], { type })), download: `${name}.${extension}` });
   document.body.append(link);
   link.click();

@@ -81,7 +81,9 @@ export function parse(text, fileName, model) {
       if (!ROLES.includes(m?.role) || typeof m.content !== "string") {
         throw new Error(`Message ${i + 1} of ${fileName} needs a role of "user" or "assistant" and text content.`);
       }
-      conversation.messages.push(m.meta ? { role: m.role, content: m.content, meta: m.meta } : { role: m.role, content: m.content });
+      conversation.messages.push(
+        m.meta ? { role: m.role, content: m.content, meta: m.meta } : { role: m.role, content: m.content },
+      );
     }
     if (typeof data.title === "string") conversation.title = data.title;
     if (typeof data.model === "string") conversation.model = data.model;
@@ -93,7 +95,10 @@ export function parse(text, fileName, model) {
     let lines = [];
     const flush = () => {
       if (role === "system") {
-        const body = lines.join("\n").replace(/^> ?/gm, "").replace(/^\*\*System prompt:\*\* ?/, "");
+        const body = lines
+          .join("\n")
+          .replace(/^> ?/gm, "")
+          .replace(/^\*\*System prompt:\*\* ?/, "");
         conversation.settings.system_prompt = body.trim();
       } else if (role) {
         if (lines[0] === HEADINGS[role]) lines = lines.slice(1);
