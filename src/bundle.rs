@@ -6,7 +6,8 @@
 //! | entry                 | what                                                         |
 //! |-----------------------|--------------------------------------------------------------|
 //! | `stove/model.gguf`    | the GGUF, stored, its first byte at a 64 KiB-aligned offset  |
-//! | `stove/manifest.json` | [`Manifest`]: what the model is and who packed it            |
+//! | `stove/manifest.json` | [`Manifest`]: what the model is, who packed it, every part's SHA-256 |
+//! | `stove/signature.json`| optional Ed25519 signature over the manifest's bytes ([`crate::signing`]) |
 //! | `stove/args.json`     | optional default arguments, a JSON array of strings          |
 //! | `web/...`             | optional chat page files that replace the built-in ones      |
 //!
@@ -25,6 +26,7 @@ use crate::gguf::{self, GgufError, GgufInfo};
 pub const MODEL_ENTRY: &str = "stove/model.gguf";
 pub const MANIFEST_ENTRY: &str = "stove/manifest.json";
 pub const ARGS_ENTRY: &str = "stove/args.json";
+pub const SIGNATURE_ENTRY: &str = "stove/signature.json";
 pub const WEB_PREFIX: &str = "web/";
 
 /// The GGUF's first byte sits at a multiple of this, so it can be mapped with 4K, 16K or 64K pages.
@@ -32,7 +34,7 @@ pub const MODEL_ALIGNMENT: u64 = 64 * 1024;
 /// The bundle format this stove writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 /// Largest chat page override stove will load into memory.
-const MAX_WEB_BYTES: u64 = 64 << 20;
+pub const MAX_WEB_BYTES: u64 = 64 << 20;
 
 /// `stove/manifest.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -43,7 +45,22 @@ pub struct Manifest {
     pub stove_version: String,
     /// Bytes of the engine before the payload; packing onto a bundle keeps only these.
     pub engine_len: u64,
+    /// SHA-256 of those engine bytes (absent in bundles packed before stove recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_sha256: Option<String>,
     pub model: ModelManifest,
+    /// SHA-256 of `stove/args.json`, when the bundle has default arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_sha256: Option<String>,
+    /// SHA-256 of each `web/` file, by its name under `web/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub web: Vec<FileDigest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileDigest {
+    pub name: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -83,6 +100,12 @@ pub struct Bundle {
     pub default_args: Vec<String>,
     /// Files under `web/` in the payload, with that prefix removed.
     pub web: Vec<(String, Vec<u8>)>,
+    /// The exact bytes of `stove/manifest.json`, which a signature covers.
+    pub manifest_bytes: Vec<u8>,
+    /// The exact bytes of `stove/args.json`, if present.
+    pub args_bytes: Option<Vec<u8>>,
+    /// `stove/signature.json`, if the bundle is signed.
+    pub signature: Option<Vec<u8>>,
 }
 
 /// A model to serve: a bundle's, or a bare GGUF's.
@@ -183,7 +206,8 @@ impl Bundle {
         if model_offset % 32 != 0 {
             return Err(corrupt(path, format!("the model starts at byte {model_offset}, not 32-byte aligned")));
         }
-        let manifest: Manifest = serde_json::from_slice(&read_entry(&mut archive, path, MANIFEST_ENTRY, 1 << 20)?)
+        let manifest_bytes = read_entry(&mut archive, path, MANIFEST_ENTRY, 1 << 20)?;
+        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| corrupt(path, format!("{MANIFEST_ENTRY} is not valid: {e}")))?;
         if manifest.format > FORMAT_VERSION {
             return Err(corrupt(
@@ -197,10 +221,18 @@ impl Bundle {
         if manifest.engine_len > model_offset {
             return Err(corrupt(path, "the manifest's engine length runs into the model".into()));
         }
-        let default_args = match archive.index_for_name(ARGS_ENTRY) {
-            Some(_) => serde_json::from_slice(&read_entry(&mut archive, path, ARGS_ENTRY, 1 << 20)?)
+        let args_bytes = match archive.index_for_name(ARGS_ENTRY) {
+            Some(_) => Some(read_entry(&mut archive, path, ARGS_ENTRY, 1 << 20)?),
+            None => None,
+        };
+        let default_args = match &args_bytes {
+            Some(bytes) => serde_json::from_slice(bytes)
                 .map_err(|e| corrupt(path, format!("{ARGS_ENTRY} is not a JSON array of strings: {e}")))?,
             None => Vec::new(),
+        };
+        let signature = match archive.index_for_name(SIGNATURE_ENTRY) {
+            Some(_) => Some(read_entry(&mut archive, path, SIGNATURE_ENTRY, 64 << 10)?),
+            None => None,
         };
         let web_names: Vec<String> = archive
             .file_names_raw()
@@ -216,7 +248,7 @@ impl Bundle {
             web.push((name[WEB_PREFIX.len()..].to_string(), data));
         }
         let model = ModelSpan { path: path.to_path_buf(), offset: model_offset, len: model_len };
-        Ok(Some(Bundle { manifest, model, default_args, web }))
+        Ok(Some(Bundle { manifest, model, default_args, web, manifest_bytes, args_bytes, signature }))
     }
 }
 

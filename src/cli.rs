@@ -34,6 +34,10 @@ pub enum Command {
     Pack(PackArgs),
     /// Show what a bundle or GGUF holds and what this machine has
     Info(InfoArgs),
+    /// Check a bundle against its manifest (and signature): exit 0 intact, 1 damaged, 3 unsigned, 4 bad signature
+    Verify(VerifyArgs),
+    /// Make an Ed25519 key pair for signing bundles
+    Keygen(KeygenArgs),
 }
 
 /// Options for serving and chatting; a bundle's default arguments may set any of them.
@@ -111,6 +115,12 @@ pub struct RunArgs {
     /// Show llama.cpp's own log lines
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// Check every part of the bundle against its manifest before starting (reads the whole file)
+    #[arg(long, global = true)]
+    pub verify: bool,
+    /// Refuse to start unless the bundle is intact and signed by this public key
+    #[arg(long, global = true, value_name = "PUB")]
+    pub require_signature: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -137,9 +147,28 @@ pub struct PackArgs {
     /// A folder with an index.html that replaces the built-in chat page
     #[arg(long, value_name = "DIR")]
     pub web: Option<PathBuf>,
+    /// Sign the bundle with this Ed25519 private key (from `stove keygen`)
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
     /// Default arguments for the bundle, applied before its command line's own
     #[arg(last = true, value_name = "DEFAULT ARGS")]
     pub default_args: Vec<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct VerifyArgs {
+    /// The bundle to check [default: this executable]
+    pub file: Option<PathBuf>,
+    /// Also require a valid signature by this public key (from `stove keygen`)
+    #[arg(long, value_name = "PUB")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct KeygenArgs {
+    /// Writes PREFIX.key (private; keep it secret) and PREFIX.pub (give it to whoever checks bundles)
+    #[arg(short, long, value_name = "PREFIX")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Args, Clone)]

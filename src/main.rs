@@ -10,6 +10,8 @@ mod info;
 mod pack;
 mod serve;
 mod server;
+mod signing;
+mod verify;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -22,9 +24,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Pack(ref pack_args)) => pack::run(pack_args, &cli.run),
         Some(Command::Info(ref info_args)) => info::run(info_args),
+        Some(Command::Verify(ref verify_args)) => match verify::run(verify_args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
+        Some(Command::Keygen(ref keygen_args)) => signing::keygen(&keygen_args.output).map(|(secret, public)| {
+            println!("private key {} (keep it secret; sign with `stove pack --sign`)", secret.display());
+            println!("public key  {} (check with `stove verify --key` or `--require-signature`)", public.display());
+        }),
         _ => serve::model_source(&cli.run).and_then(|(source, defaults)| {
             // A bundle's default arguments go before the user's, so the user's win.
             let cli = Cli::parse_with_defaults(&defaults, &args).unwrap_or_else(|e| e.exit());
+            verify::before_start(&source, &cli.run)?;
             match cli.command {
                 Some(Command::Chat(chat_args)) => chat::run(&source, &cli.run, &chat_args),
                 _ => serve::run(&source, &cli.run),

@@ -15,7 +15,11 @@ use sha2::{Digest, Sha256};
 use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;
 
-use crate::bundle::{self, Bundle, Manifest, ModelManifest, ARGS_ENTRY, MANIFEST_ENTRY, MODEL_ALIGNMENT, MODEL_ENTRY};
+use crate::bundle::{
+    self, Bundle, Manifest, ModelManifest, ARGS_ENTRY, MANIFEST_ENTRY, MODEL_ALIGNMENT, MODEL_ENTRY, SIGNATURE_ENTRY,
+};
+use crate::signing;
+use ed25519_dalek::SigningKey;
 
 /// Set by Ctrl-C or SIGTERM while packing: the copy stops and the temporary file is removed.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -36,6 +40,8 @@ pub struct PackOptions {
     /// A folder whose files replace the built-in chat page.
     pub web: Option<PathBuf>,
     pub default_args: Vec<String>,
+    /// Signs the manifest with this key.
+    pub sign: Option<SigningKey>,
 }
 
 pub struct Packed {
@@ -59,6 +65,7 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
         engine: args.engine.clone(),
         web: args.web.clone(),
         default_args: args.default_args.clone(),
+        sign: args.sign.as_deref().map(signing::load_signing_key).transpose()?,
     })?;
     let manifest = &packed.bundle.manifest;
     println!(
@@ -122,7 +129,8 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     let mut out = BufWriter::with_capacity(1 << 20, temp.as_file().try_clone()?);
     let mut engine =
         File::open(&engine_path).with_context(|| format!("while opening the engine {}", engine_path.display()))?;
-    let copied = io::copy(&mut (&mut engine).take(engine_len), &mut out).with_context(write_context)?;
+    let (copied, engine_sha256) =
+        copy_hashing((&mut engine).take(engine_len), engine_len, &mut out, "engine").with_context(write_context)?;
     if copied != engine_len {
         bail!("the engine {} changed while it was being read", engine_path.display());
     }
@@ -131,11 +139,21 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     let header_at = (engine_len.div_ceil(ZIP_ALIGNMENT) | 1) * ZIP_ALIGNMENT;
     io::copy(&mut io::repeat(0).take(header_at - engine_len), &mut out).with_context(write_context)?;
 
+    let args = match options.default_args.is_empty() {
+        true => None,
+        false => Some(serde_json::to_vec_pretty(&options.default_args)?),
+    };
     let manifest = Manifest {
         format: bundle::FORMAT_VERSION,
         name,
         stove_version: env!("CARGO_PKG_VERSION").to_string(),
         engine_len,
+        engine_sha256: Some(engine_sha256),
+        args_sha256: args.as_deref().map(|bytes| hex(&Sha256::digest(bytes))),
+        web: web_files
+            .iter()
+            .map(|(name, data)| bundle::FileDigest { name: name.clone(), sha256: hex(&Sha256::digest(data)) })
+            .collect(),
         model: ModelManifest {
             file_name,
             size: span.len,
@@ -147,7 +165,8 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
             has_chat_template: info.chat_template.is_some(),
         },
     };
-    let (file, manifest) = match write_payload(out, &span, manifest, &options.default_args, &web_files) {
+    let payload = Payload { manifest, args, web: &web_files, sign: options.sign.as_ref() };
+    let (file, manifest) = match write_payload(out, &span, payload) {
         Ok(written) => written,
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {
             bail!("packing was interrupted; {} was not written", options.out.display())
@@ -168,31 +187,41 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     Ok(Packed { bundle, size })
 }
 
+/// What goes into the archive besides the model.
+struct Payload<'a> {
+    /// Complete but for the model's SHA-256, which is computed while the model is copied.
+    manifest: Manifest,
+    args: Option<Vec<u8>>,
+    web: &'a [(String, Vec<u8>)],
+    sign: Option<&'a SigningKey>,
+}
+
 /// Writes the archive after the engine: the model (aligned, stored), the manifest with the model's SHA-256,
-/// the default arguments and the page files. Returns the file and the completed manifest.
-fn write_payload(
-    out: BufWriter<File>,
-    span: &bundle::ModelSpan,
-    mut manifest: Manifest,
-    default_args: &[String],
-    web_files: &[(String, PathBuf)],
-) -> io::Result<(File, Manifest)> {
+/// its signature, the default arguments and the page files. Returns the file and the completed manifest.
+fn write_payload(out: BufWriter<File>, span: &bundle::ModelSpan, payload: Payload) -> io::Result<(File, Manifest)> {
+    let Payload { mut manifest, args, web, sign } = payload;
     let mut zip = zip::ZipWriter::new(out);
     let mut write_entries = |zip: &mut zip::ZipWriter<BufWriter<File>>| -> io::Result<()> {
         let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
         let aligned = stored.with_alignment(ZIP_ALIGNMENT as u16).large_file(span.len >= u32::MAX as u64);
         zip.start_file(MODEL_ENTRY, aligned)?;
         manifest.model.sha256 = copy_with_progress(span, zip)?;
+        // These exact bytes are what a signature covers.
+        let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
         zip.start_file(MANIFEST_ENTRY, stored)?;
-        zip.write_all(&serde_json::to_vec_pretty(&manifest)?)?;
-        if !default_args.is_empty() {
+        zip.write_all(&manifest_bytes)?;
+        if let Some(key) = sign {
+            zip.start_file(SIGNATURE_ENTRY, stored)?;
+            zip.write_all(&signing::sign(&manifest_bytes, key))?;
+        }
+        if let Some(args) = &args {
             zip.start_file(ARGS_ENTRY, stored)?;
-            zip.write_all(&serde_json::to_vec_pretty(default_args)?)?;
+            zip.write_all(args)?;
         }
         let deflated = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
-        for (name, path) in web_files {
+        for (name, data) in web {
             zip.start_file(format!("{}{name}", bundle::WEB_PREFIX), deflated)?;
-            io::copy(&mut File::open(path)?, zip)?;
+            zip.write_all(data)?;
         }
         Ok(())
     };
@@ -210,10 +239,24 @@ fn write_payload(
 fn copy_with_progress(span: &bundle::ModelSpan, out: &mut impl Write) -> io::Result<String> {
     let mut model = File::open(&span.path)?;
     model.seek(io::SeekFrom::Start(span.offset))?;
-    let mut model = model.take(span.len);
-    let progress = ProgressBar::new(span.len).with_style(
-        ProgressStyle::with_template("packing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .expect("valid template"),
+    let (copied, sha256) = copy_hashing(model.take(span.len), span.len, out, "packing")?;
+    if copied != span.len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{} ended after {copied} of {} model bytes", span.path.display(), span.len),
+        ));
+    }
+    Ok(sha256)
+}
+
+/// Copies `from` (`len` bytes expected) into `to`, returning the bytes copied and their SHA-256. Shows a
+/// progress bar labelled `label` on a terminal; stops with `Interrupted` on Ctrl-C while packing.
+pub fn copy_hashing(mut from: impl Read, len: u64, to: &mut impl Write, label: &str) -> io::Result<(u64, String)> {
+    let progress = ProgressBar::new(len).with_style(
+        ProgressStyle::with_template(&format!(
+            "{label} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} {{eta}}"
+        ))
+        .expect("valid template"),
     );
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -222,23 +265,17 @@ fn copy_with_progress(span: &bundle::ModelSpan, out: &mut impl Write) -> io::Res
         if INTERRUPTED.load(Ordering::SeqCst) {
             return Err(io::ErrorKind::Interrupted.into());
         }
-        let n = model.read(&mut buf)?;
+        let n = from.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
+        to.write_all(&buf[..n])?;
         copied += n as u64;
         progress.set_position(copied);
     }
     progress.finish_and_clear();
-    if copied != span.len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("{} ended after {copied} of {} model bytes", span.path.display(), span.len),
-        ));
-    }
-    Ok(hex(&hasher.finalize()))
+    Ok((copied, hex(&hasher.finalize())))
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -255,8 +292,8 @@ fn default_name(file_name: &str) -> String {
     file_name.strip_suffix(".gguf").unwrap_or(file_name).to_string()
 }
 
-/// The files under `dir`, as (path relative to `dir` with `/` separators, full path), sorted.
-fn collect_web_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+/// The files under `dir`, as (path relative to `dir` with `/` separators, contents), sorted.
+fn collect_web_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(current) = pending.pop() {
@@ -276,7 +313,22 @@ fn collect_web_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         bail!("--web {} has no index.html, so it cannot replace the chat page", dir.display());
     }
     files.sort();
-    Ok(files)
+    let mut total = 0;
+    files
+        .into_iter()
+        .map(|(name, path)| {
+            let data = fs::read(&path).with_context(|| format!("while reading {}", path.display()))?;
+            total += data.len() as u64;
+            if total > bundle::MAX_WEB_BYTES {
+                bail!(
+                    "--web {} holds more than {} MiB; a chat page must be smaller",
+                    dir.display(),
+                    bundle::MAX_WEB_BYTES >> 20
+                );
+            }
+            Ok((name, data))
+        })
+        .collect()
 }
 
 #[cfg(unix)]

@@ -1,0 +1,238 @@
+//! `stove verify`, and `--verify` / `--require-signature` at start: every part of a bundle re-hashed
+//! against its manifest, and its signature checked, so a damaged or altered copy is named part by part.
+//!
+//! Exit codes of `stove verify`, for scripts: 0 intact (and signed by `--key` when given), 1 damaged or
+//! truncated, 2 nothing to verify or unreadable, 3 unsigned while `--key` asks for a signature, 4 a signature
+//! that does not match the manifest or is not by `--key`.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+
+use anyhow::{bail, Context, Result};
+use ed25519_dalek::VerifyingKey;
+use sha2::{Digest, Sha256};
+
+use crate::bundle::{Bundle, BundleError, ModelSource};
+use crate::cli::{RunArgs, VerifyArgs};
+use crate::hardware::human_bytes;
+use crate::pack::{copy_hashing, hex};
+use crate::signing::{self, SignatureStatus};
+
+pub const EXIT_INTACT: u8 = 0;
+pub const EXIT_DAMAGED: u8 = 1;
+pub const EXIT_UNREADABLE: u8 = 2;
+pub const EXIT_UNSIGNED: u8 = 3;
+pub const EXIT_BAD_SIGNATURE: u8 = 4;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    Intact,
+    /// The bytes hash to something else than the manifest records.
+    Changed,
+    /// The manifest records it, the bundle lacks it.
+    Missing,
+    /// The bundle has it, the manifest does not record it.
+    Unrecorded,
+}
+
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// "engine", "model", "default arguments", "page index.html".
+    pub name: String,
+    pub size: Option<u64>,
+    pub state: State,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub parts: Vec<Part>,
+    pub signature: SignatureStatus,
+}
+
+impl Report {
+    pub fn damaged(&self) -> impl Iterator<Item = &Part> {
+        self.parts.iter().filter(|p| p.state != State::Intact)
+    }
+
+    pub fn exit_code(&self, key_required: bool) -> u8 {
+        if self.damaged().next().is_some() {
+            return EXIT_DAMAGED;
+        }
+        match &self.signature {
+            SignatureStatus::Invalid { .. } | SignatureStatus::OtherKey { .. } => EXIT_BAD_SIGNATURE,
+            SignatureStatus::Unsigned if key_required => EXIT_UNSIGNED,
+            _ => EXIT_INTACT,
+        }
+    }
+}
+
+/// Re-hashes every part of `bundle` and checks its signature (against `required` when given).
+pub fn check(bundle: &Bundle, required: Option<&VerifyingKey>) -> Result<Report> {
+    let manifest = &bundle.manifest;
+    let path = &bundle.model.path;
+    let mut parts = Vec::new();
+    let hashed = |offset: u64, len: u64, label: &str| -> Result<String> {
+        let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        file.seek(SeekFrom::Start(offset))?;
+        let (read, sha256) = copy_hashing(file.take(len), len, &mut io::sink(), label)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        // A file that shrank since it was opened reads short: that is damage, not a match.
+        Ok(if read == len { sha256 } else { String::new() })
+    };
+    let compare = |actual: &str, recorded: Option<&str>| match recorded {
+        Some(recorded) if recorded == actual => State::Intact,
+        Some(_) => State::Changed,
+        None => State::Unrecorded,
+    };
+
+    let engine = hashed(0, manifest.engine_len, "checking engine")?;
+    parts.push(Part {
+        name: "engine".into(),
+        size: Some(manifest.engine_len),
+        state: compare(&engine, manifest.engine_sha256.as_deref()),
+    });
+    let model = hashed(bundle.model.offset, bundle.model.len, "checking model")?;
+    parts.push(Part {
+        name: "model".into(),
+        size: Some(bundle.model.len),
+        state: compare(&model, Some(&manifest.model.sha256)),
+    });
+    match (&bundle.args_bytes, &manifest.args_sha256) {
+        (None, None) => {}
+        (Some(args), recorded) => parts.push(Part {
+            name: "default arguments".into(),
+            size: Some(args.len() as u64),
+            state: compare(&hex(&Sha256::digest(args)), recorded.as_deref()),
+        }),
+        (None, Some(_)) => parts.push(Part { name: "default arguments".into(), size: None, state: State::Missing }),
+    }
+    for digest in &manifest.web {
+        let state = match bundle.web.iter().find(|(name, _)| *name == digest.name) {
+            Some((_, data)) => compare(&hex(&Sha256::digest(data)), Some(&digest.sha256)),
+            None => State::Missing,
+        };
+        parts.push(Part { name: format!("page {}", digest.name), size: None, state });
+    }
+    for (name, data) in &bundle.web {
+        if !manifest.web.iter().any(|d| d.name == *name) {
+            parts.push(Part { name: format!("page {name}"), size: Some(data.len() as u64), state: State::Unrecorded });
+        }
+    }
+    let signature = signing::check(&bundle.manifest_bytes, bundle.signature.as_deref(), required);
+    Ok(Report { parts, signature })
+}
+
+/// `stove verify [FILE] [--key PUB]`: prints each part's state and returns the exit code.
+pub fn run(args: &VerifyArgs) -> Result<u8> {
+    let path = match &args.file {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("while finding this executable")?,
+    };
+    let key = args.key.as_deref().map(signing::load_verifying_key).transpose()?;
+    let bundle = match Bundle::find(&path) {
+        Ok(Some(bundle)) => bundle,
+        Ok(None) => {
+            eprintln!(
+                "{}: no stove payload, so nothing to verify (a bare engine, a GGUF, or another file)",
+                path.display()
+            );
+            return Ok(EXIT_UNREADABLE);
+        }
+        Err(e @ BundleError::Io { .. }) => {
+            eprintln!("{e}");
+            return Ok(EXIT_UNREADABLE);
+        }
+        Err(e) => {
+            println!("{}: DAMAGED: {e}", path.display());
+            return Ok(EXIT_DAMAGED);
+        }
+    };
+    let report = check(&bundle, key.as_ref())?;
+    println!("{}", path.display());
+    for part in &report.parts {
+        let size = part.size.map(|s| format!(" ({})", human_bytes(s))).unwrap_or_default();
+        let state = match part.state {
+            State::Intact => "intact",
+            State::Changed => "DAMAGED: its bytes differ from those packed",
+            State::Missing => "MISSING: the manifest lists it but the bundle lacks it",
+            State::Unrecorded => "NOT RECORDED in the manifest, so it cannot be trusted",
+        };
+        println!("  {:<18} {state}{size}", part.name);
+    }
+    println!("  {:<18} {}", "signature", describe(&report.signature, key.as_ref()));
+    let code = report.exit_code(key.is_some());
+    let verdict = match code {
+        EXIT_INTACT if matches!(report.signature, SignatureStatus::Valid { .. }) => "intact and validly signed",
+        EXIT_INTACT => "intact",
+        EXIT_DAMAGED => "DAMAGED: copy it again from the original",
+        EXIT_UNSIGNED => "intact but NOT SIGNED, and a signature was required",
+        _ => "NOT TRUSTED: its signature does not hold",
+    };
+    println!("{}: {verdict}", path.display());
+    Ok(code)
+}
+
+fn describe(signature: &SignatureStatus, required: Option<&VerifyingKey>) -> String {
+    match signature {
+        SignatureStatus::Unsigned => "none".into(),
+        SignatureStatus::Valid { fingerprint } if required.is_some() => {
+            format!("valid, by the required key {fingerprint}")
+        }
+        SignatureStatus::Valid { fingerprint } => {
+            format!("valid, by key {fingerprint} (pass --key PUB to require that key)")
+        }
+        SignatureStatus::OtherKey { fingerprint } => format!("BY ANOTHER KEY ({fingerprint}) than the one required"),
+        SignatureStatus::Invalid { reason } => format!("INVALID: {reason}"),
+    }
+}
+
+/// `--verify` and `--require-signature PUB` before serving or chatting: refuses to start on a damaged,
+/// unsigned or wrongly signed bundle, naming what is wrong.
+pub fn before_start(source: &ModelSource, run: &RunArgs) -> Result<()> {
+    if !run.verify && run.require_signature.is_none() {
+        return Ok(());
+    }
+    let ModelSource::Bundle(bundle) = source else {
+        if run.require_signature.is_some() {
+            bail!("--require-signature needs a signed bundle; a bare GGUF carries no signature (sign one with `stove pack --sign KEY`)");
+        }
+        bail!("--verify checks a bundle against its manifest; a bare GGUF has none");
+    };
+    let key = run.require_signature.as_deref().map(signing::load_verifying_key).transpose()?;
+    let report = check(bundle, key.as_ref())?;
+    let path = bundle.model.path.display();
+    if let Some(part) = report.damaged().next() {
+        bail!("{path} is damaged ({} does not match its manifest); copy it again from the original, or run `stove verify` on it for details", part.name);
+    }
+    match (&report.signature, key.is_some()) {
+        (SignatureStatus::Invalid { reason }, _) => bail!("{path} is not trusted: {reason}"),
+        (SignatureStatus::OtherKey { fingerprint }, _) => {
+            bail!("{path} is signed by another key ({fingerprint}) than the one --require-signature names")
+        }
+        (SignatureStatus::Unsigned, true) => {
+            bail!("{path} is not signed, and --require-signature asks for a signature")
+        }
+        _ => {}
+    }
+    eprintln!("{}: verified{}", path, if key.is_some() { ", signed by the required key" } else { "" });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_put_damage_before_signatures() {
+        let part = |state| Part { name: "model".into(), size: None, state };
+        let report = |state, signature| Report { parts: vec![part(state)], signature };
+        let valid = SignatureStatus::Valid { fingerprint: "f".into() };
+        let invalid = SignatureStatus::Invalid { reason: "r".into() };
+        assert_eq!(report(State::Intact, valid.clone()).exit_code(true), EXIT_INTACT);
+        assert_eq!(report(State::Intact, SignatureStatus::Unsigned).exit_code(false), EXIT_INTACT);
+        assert_eq!(report(State::Intact, SignatureStatus::Unsigned).exit_code(true), EXIT_UNSIGNED);
+        assert_eq!(report(State::Intact, invalid.clone()).exit_code(false), EXIT_BAD_SIGNATURE);
+        assert_eq!(report(State::Changed, invalid).exit_code(true), EXIT_DAMAGED);
+        assert_eq!(report(State::Unrecorded, valid).exit_code(false), EXIT_DAMAGED);
+    }
+}

@@ -1,0 +1,152 @@
+//! Trusting a file: `stove verify` names the damaged part with an exit code scripts can use, `stove keygen`
+//! and `pack --sign` make signed bundles, and `--require-signature` refuses anything else at start.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{pack, run, scratch, Server};
+
+/// A key pair made by `stove keygen` in the scratch folder.
+fn keygen(name: &str) -> (PathBuf, PathBuf) {
+    let prefix = scratch().join(name);
+    let output = run(&["keygen", "-o", prefix.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    (prefix.with_extension("key"), prefix.with_extension("pub"))
+}
+
+fn verify(bundle: &Path, key: Option<&Path>) -> (i32, String) {
+    let mut args = vec!["verify", bundle.to_str().unwrap()];
+    if let Some(key) = key {
+        args.extend(["--key", key.to_str().unwrap()]);
+    }
+    let Output { status, stdout, stderr } = run(&args);
+    (status.code().unwrap(), format!("{}{}", String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr)))
+}
+
+/// Overwrites one byte of `path` at `offset`, as a failing stick or a bad copy would.
+fn flip_byte(path: &Path, offset: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    file.read_exact(&mut byte).unwrap();
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    file.write_all(&[byte[0] ^ 0x55]).unwrap();
+}
+
+#[test]
+fn verify_names_the_damaged_part_with_an_exit_code() {
+    let (secret, public) = keygen("verify-kitchen");
+    let (_, other_public) = keygen("verify-other");
+    let signed = scratch().join("signed.stove");
+    pack(&signed, &["--sign", secret.to_str().unwrap(), "--", "--ctx-size", "1024"]);
+
+    let (code, out) = verify(&signed, None);
+    assert_eq!(code, 0, "{out}");
+    for line in ["engine             intact", "model              intact", "default arguments  intact"] {
+        assert!(out.contains(line), "{line:?} missing:\n{out}");
+    }
+    assert!(out.contains("signature          valid, by key SHA256:"), "{out}");
+    let (code, out) = verify(&signed, Some(&public));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("valid, by the required key"), "{out}");
+    // Signed, but not by the key an administrator approved.
+    let (code, out) = verify(&signed, Some(&other_public));
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("BY ANOTHER KEY"), "{out}");
+
+    // Unsigned: fine on its own, refused when a key is required.
+    let plain = scratch().join("plain.stove");
+    pack(&plain, &[]);
+    assert_eq!(verify(&plain, None).0, 0);
+    let (code, out) = verify(&plain, Some(&public));
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("NOT SIGNED"), "{out}");
+
+    // One byte of the weights changes: the model is named as damaged, the rest stays intact.
+    let damaged = scratch().join("damaged.stove");
+    std::fs::copy(&signed, &damaged).unwrap();
+    let model_offset = std::fs::metadata(&damaged).unwrap().len() / 2;
+    flip_byte(&damaged, model_offset);
+    let (code, out) = verify(&damaged, Some(&public));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("model              DAMAGED"), "{out}");
+    assert!(out.contains("engine             intact"), "{out}");
+
+    // One byte of the engine's code changes.
+    let patched = scratch().join("patched-engine.stove");
+    std::fs::copy(&signed, &patched).unwrap();
+    flip_byte(&patched, 4096);
+    let (code, out) = verify(&patched, None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("engine             DAMAGED"), "{out}");
+
+    // A copy cut short.
+    let cut = scratch().join("cut.stove");
+    let bytes = std::fs::read(&signed).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let (code, out) = verify(&cut, None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("truncated"), "{out}");
+
+    // Nothing to verify in a bare GGUF.
+    let (code, out) = verify(&common::model(), None);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("nothing to verify"), "{out}");
+}
+
+#[test]
+fn require_signature_refuses_all_but_the_approved_signed_bundle() {
+    let (secret, public) = keygen("start-kitchen");
+    let (other_secret, _) = keygen("start-other");
+    let signed = scratch().join("approved.stove");
+    pack(&signed, &["--sign", secret.to_str().unwrap(), "--", "--ctx-size", "1024"]);
+    let key = public.to_str().unwrap();
+
+    // The approved bundle starts and answers.
+    let server = Server::start(&signed, &["--require-signature", key]);
+    let (status, _) =
+        server.chat(serde_json::json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}));
+    assert_eq!(status, 200);
+    assert!(server.stop().contains("signed by the required key"));
+
+    // Signed by someone else, unsigned, or altered: stove says why and does not start.
+    let foreign = scratch().join("foreign.stove");
+    pack(&foreign, &["--sign", other_secret.to_str().unwrap()]);
+    let unsigned = scratch().join("unsigned.stove");
+    pack(&unsigned, &[]);
+    let altered = scratch().join("altered.stove");
+    std::fs::copy(&signed, &altered).unwrap();
+    flip_byte(&altered, std::fs::metadata(&altered).unwrap().len() / 2);
+    for (bundle, reason) in [
+        (&foreign, "signed by another key"),
+        (&unsigned, "is not signed"),
+        (&altered, "is damaged (model does not match its manifest)"),
+    ] {
+        let output = std::process::Command::new(bundle)
+            .args(["--require-signature", key, "--port", "0", "--no-browser"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{} started", bundle.display());
+        assert!(stderr.contains(reason), "{}: {stderr}", bundle.display());
+        assert!(output.stdout.is_empty(), "it must not print a URL: {}", String::from_utf8_lossy(&output.stdout));
+    }
+    // --verify alone checks integrity without asking for a signature.
+    let output =
+        std::process::Command::new(&altered).args(["--verify", "--port", "0", "--no-browser"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is damaged"));
+}
+
+#[test]
+fn keys_are_never_overwritten() {
+    let (secret, _) = keygen("never-twice");
+    let before = std::fs::read(&secret).unwrap();
+    let output = run(&["keygen", "-o", scratch().join("never-twice").to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already exists"));
+    assert_eq!(std::fs::read(&secret).unwrap(), before);
+}
