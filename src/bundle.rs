@@ -349,3 +349,76 @@ fn zip64_size(mut extra: &[u8]) -> Option<u64> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    /// A real bundle packed from a tiny GGUF onto a stand-in engine, with default arguments and a page.
+    fn packed() -> &'static (tempfile::TempDir, Vec<u8>) {
+        static PACKED: OnceLock<(tempfile::TempDir, Vec<u8>)> = OnceLock::new();
+        PACKED.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = dir.path().join("engine");
+            std::fs::write(&engine, vec![0x7f; 3000]).unwrap();
+            let model = dir.path().join("tiny.gguf");
+            std::fs::write(&model, crate::gguf::sample::sample()).unwrap();
+            let web = dir.path().join("web");
+            std::fs::create_dir(&web).unwrap();
+            std::fs::write(web.join("index.html"), "<p>hi</p>").unwrap();
+            let out = dir.path().join("tiny.stove");
+            crate::pack::pack(&crate::pack::PackOptions {
+                model,
+                out: out.clone(),
+                name: None,
+                engine: Some(engine),
+                web: Some(web),
+                default_args: vec!["--ctx-size".into(), "512".into()],
+                sign: None,
+            })
+            .unwrap();
+            let bytes = std::fs::read(&out).unwrap();
+            (dir, bytes)
+        })
+    }
+
+    #[test]
+    fn the_packed_sample_reads_back() {
+        let (dir, _) = packed();
+        let bundle = Bundle::find(&dir.path().join("tiny.stove")).unwrap().unwrap();
+        assert_eq!(bundle.default_args, ["--ctx-size", "512"]);
+        assert_eq!(bundle.web.len(), 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Bytes of the payload changed and the file cut anywhere: finding the bundle gives a bundle whose
+        /// model lies inside the file, or an error; never a panic.
+        #[test]
+        fn any_damage_to_a_payload_is_found_safely_or_refused(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+        ) {
+            let (_, original) = packed();
+            let mut bytes = original.clone();
+            // The payload starts after the 3000-byte engine; damage there and in the index at the end.
+            let payload = 3000..bytes.len();
+            for (at, value) in edits {
+                let at = payload.start + at.index(payload.len());
+                bytes[at] = value;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), &bytes).unwrap();
+            if let Ok(Some(bundle)) = Bundle::find(file.path()) {
+                prop_assert!(bundle.model.offset + bundle.model.len <= bytes.len() as u64);
+                let _ = crate::verify::check(&bundle, None);
+            }
+        }
+    }
+}

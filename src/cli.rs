@@ -276,4 +276,39 @@ mod tests {
         assert_eq!(pack.default_args, vec!["--port", "1"]);
         assert_eq!(cli.run.model, Some(PathBuf::from("a.gguf")));
     }
+
+    /// One argument as a bundle's args.json might hold it: a real flag or value, or anything at all.
+    fn any_argument() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        const KNOWN: &[&str] = &[
+            "--port",
+            "--ctx-size",
+            "-c",
+            "--host",
+            "--",
+            "chat",
+            "-p",
+            "--temperature",
+            "--api-key",
+            "--parallel",
+            "-n",
+            "--max-queue",
+            "--gpu-layers",
+            "-1",
+            "0",
+            "99999999999",
+            "nan",
+            "",
+        ];
+        prop_oneof![proptest::sample::select(KNOWN).prop_map(str::to_string), ".{0,12}"]
+    }
+
+    proptest::proptest! {
+        /// Whatever a bundle's args.json holds, parsing it is an answer or an error, never a panic.
+        #[test]
+        fn any_default_arguments_parse_or_fail_cleanly(list in proptest::collection::vec(any_argument(), 0..8)) {
+            let _ = check_default_args(&list);
+            let _ = Cli::parse_with_defaults(&list, &args(&["stove", "--port", "0"]));
+        }
+    }
 }

@@ -73,31 +73,45 @@ pub fn read_info<R: Read + Seek>(file: R, offset: u64, len: u64) -> Result<GgufI
         }
     }
 
+    let alignment = match values.get("general.alignment") {
+        Some(Value::Uint(a)) if *a > 0 && a.is_power_of_two() && *a <= MAX_ALIGNMENT => *a,
+        Some(_) => return Err(GgufError::Corrupt("general.alignment is not a power of two up to 1 MiB".into())),
+        None => 32,
+    };
     let mut parameters: u64 = 0;
-    for _ in 0..n_tensors {
-        reader.string(0)?; // the tensor's name
+    let mut tensors = Vec::with_capacity(n_tensors.min(4096) as usize);
+    for index in 0..n_tensors {
+        let name =
+            reader.string(MAX_TENSOR_NAME)?.ok_or_else(|| corrupt(format!("tensor {index} has a name over 64 KiB")))?;
         let n_dims = reader.u32()?;
-        if n_dims > 8 {
-            return Err(GgufError::Corrupt(format!("a tensor has {n_dims} dimensions")));
+        if !(1..=MAX_DIMS).contains(&n_dims) {
+            return Err(corrupt(format!("tensor {name:?} has {n_dims} dimensions (ggml allows 1 to {MAX_DIMS})")));
         }
+        let mut dims = [1u64; MAX_DIMS as usize];
         let mut elements: u64 = 1;
-        for _ in 0..n_dims {
-            elements = elements.saturating_mul(reader.u64()?);
+        for dim in dims.iter_mut().take(n_dims as usize) {
+            *dim = reader.u64()?;
+            elements = elements
+                .checked_mul(*dim)
+                .filter(|&n| n <= i64::MAX as u64)
+                .ok_or_else(|| corrupt(format!("tensor {name:?} has more elements than ggml can count")))?;
         }
+        let type_id = reader.u32()?;
+        let offset = reader.u64()?;
+        tensors.push(TensorSpan { name, dims, type_id, offset });
         parameters = parameters.saturating_add(elements);
-        reader.u32()?; // type
-        reader.u64()?; // offset inside the data section
     }
 
-    let alignment = match values.get("general.alignment") {
-        Some(Value::Uint(a)) if *a > 0 && a.is_power_of_two() => *a,
-        _ => 32,
-    };
     let data_offset = reader.position().div_ceil(alignment) * alignment;
     if data_offset > len {
         return Err(GgufError::Corrupt(format!(
             "tensor data should start at byte {data_offset} but the file has only {len} bytes"
         )));
+    }
+    // What llama.cpp would otherwise trust: every tensor's bytes lie inside the file, where its type says.
+    let data_len = len - data_offset;
+    for tensor in &tensors {
+        tensor.check(alignment, data_len)?;
     }
 
     let text = |key: &str| match values.get(key) {
@@ -165,6 +179,56 @@ pub fn file_type_name(file_type: u64) -> String {
         other => return format!("file type {other}"),
     };
     name.to_string()
+}
+
+/// ggml's GGML_MAX_DIMS.
+const MAX_DIMS: u32 = 4;
+const MAX_TENSOR_NAME: u64 = 64 << 10;
+const MAX_ALIGNMENT: u64 = 1 << 20;
+
+fn corrupt(reason: String) -> GgufError {
+    GgufError::Corrupt(reason)
+}
+
+/// A tensor's entry in the header: where its data claims to be.
+struct TensorSpan {
+    name: String,
+    dims: [u64; MAX_DIMS as usize],
+    type_id: u32,
+    offset: u64,
+}
+
+impl TensorSpan {
+    /// Checks the tensor's type is one ggml knows, its rows hold whole blocks, and its bytes are aligned and
+    /// end inside the data section (`data_len` bytes).
+    fn check(&self, alignment: u64, data_len: u64) -> Result<(), GgufError> {
+        let name = &self.name;
+        let Some((block, block_bytes)) = crate::engine::tensor_type_layout(self.type_id) else {
+            return Err(corrupt(format!(
+                "tensor {name:?} has type {}, which this llama.cpp does not know",
+                self.type_id
+            )));
+        };
+        if !self.dims[0].is_multiple_of(block) {
+            return Err(corrupt(format!(
+                "tensor {name:?} has rows of {} elements, not whole blocks of {block}",
+                self.dims[0]
+            )));
+        }
+        let elements = self.dims.iter().product::<u64>();
+        let bytes = (elements / block).checked_mul(block_bytes);
+        let end = bytes.and_then(|b| self.offset.checked_add(b));
+        if !self.offset.is_multiple_of(alignment) {
+            return Err(corrupt(format!("tensor {name:?} starts at {}, not a multiple of {alignment}", self.offset)));
+        }
+        match end {
+            Some(end) if end <= data_len => Ok(()),
+            _ => Err(corrupt(format!(
+                "tensor {name:?} would end past the file's {data_len} bytes of tensor data; the file is cut short \
+                 or its header is forged"
+            ))),
+        }
+    }
 }
 
 /// Bytes of a GGUF value of fixed size; `None` for strings and arrays.
@@ -287,7 +351,12 @@ impl<R: Read + Seek> HeaderReader<R> {
         if let Some(size) = scalar_size(item_type) {
             return self.skip(count.saturating_mul(size));
         }
-        // Strings and nested arrays: each item takes at least 8 bytes, which bounds the loop.
+        // llama.cpp refuses arrays of arrays too; following them would let a small file nest deep enough to
+        // overflow the stack.
+        if item_type != 8 {
+            return Err(corrupt(format!("an array holds items of type {item_type}; only scalars and strings may")));
+        }
+        // Each string takes at least 8 bytes, which bounds the loop.
         self.check_count(count, 8, "array items")?;
         for _ in 0..count {
             self.value(item_type)?;
@@ -296,19 +365,17 @@ impl<R: Read + Seek> HeaderReader<R> {
     }
 }
 
+/// A small valid GGUF for tests here and in other modules.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Cursor;
-
-    fn string(s: &str) -> Vec<u8> {
+pub mod sample {
+    pub fn string(s: &str) -> Vec<u8> {
         let mut out = (s.len() as u64).to_le_bytes().to_vec();
         out.extend_from_slice(s.as_bytes());
         out
     }
 
     /// A small GGUF: architecture, context length, file type, a string array, and two tensors.
-    fn sample() -> Vec<u8> {
+    pub fn sample() -> Vec<u8> {
         let mut g = b"GGUF".to_vec();
         g.extend(3u32.to_le_bytes());
         g.extend(2u64.to_le_bytes()); // tensors
@@ -331,18 +398,37 @@ mod tests {
         g.extend(string("tokenizer.chat_template"));
         g.extend(8u32.to_le_bytes());
         g.extend(string("{{ messages }}"));
-        for (name, dims) in [("a", vec![4u64, 3]), ("b", vec![5u64])] {
+        // F32 tensors: 48 bytes at 0, 20 bytes at 64.
+        for (name, dims, offset) in [("a", vec![4u64, 3], 0u64), ("b", vec![5u64], 64)] {
             g.extend(string(name));
             g.extend((dims.len() as u32).to_le_bytes());
             for d in dims {
                 g.extend(d.to_le_bytes());
             }
             g.extend(0u32.to_le_bytes());
-            g.extend(0u64.to_le_bytes());
+            g.extend(offset.to_le_bytes());
         }
         let data_start = g.len().div_ceil(32) * 32;
-        g.resize(data_start + 64, 0);
+        g.resize(data_start + 84, 0);
         g
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample::{sample, string};
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Cursor;
+
+    /// Where tensor `b`'s type (u32) and offset (u64) sit in [`sample`].
+    fn tensor_b_fields(g: &[u8]) -> usize {
+        let name = string("b");
+        let at = g
+            .windows(name.len() + 4)
+            .rposition(|w| w[..name.len()] == name[..] && w[name.len()..] == 1u32.to_le_bytes())
+            .unwrap();
+        at + name.len() + 4 + 8
     }
 
     #[test]
@@ -386,8 +472,77 @@ mod tests {
     }
 
     #[test]
+    fn tensors_that_point_outside_the_file_are_refused() {
+        let g = sample();
+        let fields = tensor_b_fields(&g);
+        let len = g.len() as u64;
+        let refused = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut bad = g.clone();
+            edit(&mut bad);
+            read_info(Cursor::new(&bad), 0, len).unwrap_err().to_string()
+        };
+        // The data runs past the end, or starts misaligned, or the type is unknown to ggml.
+        assert!(
+            refused(&|b| b[fields + 4..fields + 12].copy_from_slice(&96u64.to_le_bytes())).contains("would end past")
+        );
+        assert!(refused(&|b| b[fields + 4..fields + 12].copy_from_slice(&(u64::MAX - 7).to_le_bytes()))
+            .contains("not a multiple"));
+        assert!(refused(&|b| b[fields..fields + 4].copy_from_slice(&4u32.to_le_bytes())).contains("does not know"));
+        assert!(refused(&|b| b[fields..fields + 4].copy_from_slice(&999u32.to_le_bytes())).contains("does not know"));
+        // Q4_0 needs rows of whole 32-element blocks; b has 5 elements.
+        assert!(refused(&|b| b[fields..fields + 4].copy_from_slice(&2u32.to_le_bytes())).contains("whole blocks"));
+        // The file cut right after the header: the tensors' data is missing.
+        let header = read_info(Cursor::new(&g), 0, len).unwrap().data_offset;
+        assert!(read_info(Cursor::new(&g), 0, header + 10).unwrap_err().to_string().contains("would end past"));
+    }
+
+    #[test]
+    fn nested_arrays_are_refused_before_they_can_recurse() {
+        // One key whose value is an array of arrays of arrays ..., 100,000 deep, in 1.2 MB.
+        let mut g = b"GGUF".to_vec();
+        g.extend(3u32.to_le_bytes());
+        g.extend(0u64.to_le_bytes());
+        g.extend(1u64.to_le_bytes());
+        g.extend(string("deep"));
+        g.extend(9u32.to_le_bytes());
+        for _ in 0..100_000 {
+            g.extend(9u32.to_le_bytes());
+            g.extend(1u64.to_le_bytes());
+        }
+        let err = read_info(Cursor::new(&g), 0, g.len() as u64).unwrap_err();
+        assert!(err.to_string().contains("only scalars and strings"), "{err}");
+    }
+
+    #[test]
     fn other_files_are_not_gguf() {
         let err = read_info(Cursor::new(b"\x7fELF...."), 0, 8).unwrap_err();
         assert!(matches!(err, GgufError::NotGguf));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Random bytes changed, random 64-bit fields forged and a random cut: every result is a header read
+        /// within the file or an error, never a panic, a hang or a huge allocation.
+        #[test]
+        fn any_damage_to_a_header_is_read_safely_or_refused(
+            bytes in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            fields in prop::collection::vec((any::<prop::sample::Index>(), any::<u64>()), 0..3),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut g = sample();
+            for (at, value) in bytes {
+                let at = at.index(g.len());
+                g[at] = value;
+            }
+            for (at, value) in fields {
+                let at = at.index(g.len() - 8);
+                g[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            }
+            let len = cut.index(g.len() + 1) as u64;
+            if let Ok(info) = read_info(Cursor::new(&g), 0, len) {
+                prop_assert!(info.data_offset <= len);
+            }
+        }
     }
 }

@@ -21,6 +21,9 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = Cli::parse_with_defaults(&[], &args).unwrap_or_else(|e| e.exit());
+    if matches!(cli.command, Some(Command::Info(_) | Command::Verify(_) | Command::Keygen(_))) {
+        quit_quietly_on_closed_pipe();
+    }
     let result = match cli.command {
         Some(Command::Pack(ref pack_args)) => pack::run(pack_args, &cli.run),
         Some(Command::Info(ref info_args)) => info::run(info_args),
@@ -61,4 +64,14 @@ fn error_chain(error: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
+}
+
+/// `stove info | head` closes the pipe early; like other command-line tools, end quietly instead of
+/// panicking on the failed print. (Only for commands that print and exit: the server handles closed sockets.)
+fn quit_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

@@ -86,3 +86,14 @@ pub fn system_info() -> String {
     let text = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
     text.to_string_lossy().into_owned()
 }
+
+/// How ggml stores tensor type `type_id`: (elements per block, bytes per block); `None` for a type this
+/// ggml does not know (out of range, or a retired one whose table entry is empty).
+pub fn tensor_type_layout(type_id: u32) -> Option<(u64, u64)> {
+    if type_id >= llama_cpp_sys_2::GGML_TYPE_COUNT {
+        return None;
+    }
+    // SAFETY: both functions index ggml's static type table, in range as checked above; no state is touched.
+    let (block, size) = unsafe { (llama_cpp_sys_2::ggml_blck_size(type_id), llama_cpp_sys_2::ggml_type_size(type_id)) };
+    (block > 0 && size > 0).then_some((block as u64, size as u64))
+}

@@ -9,6 +9,7 @@
 //! event receiver is gone (the client left or pressed stop), its slot is freed before the next step.
 
 mod ffi;
+pub use ffi::tensor_type_layout;
 pub mod metrics;
 mod prompt;
 mod sampling;
