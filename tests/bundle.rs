@@ -3,7 +3,8 @@
 //! Checks: the bundle is a ZIP with the model stored at a 64 KiB-aligned offset and a manifest naming it;
 //! it is executable; default arguments are stored and checked; re-packing replaces the payload; a truncated
 //! copy fails with a clear message; an engine without a model says how to pack one; bad pack inputs leave no
-//! output; an interrupted pack or a full disk leaves nothing behind; `info`, `chat -p` and `chat` on stdin work.
+//! output; an interrupted pack or a full disk leaves nothing behind, a killed one the old file or the new one;
+//! `info`, `chat -p` and `chat` on stdin work.
 
 mod common;
 
@@ -229,4 +230,43 @@ fn a_full_disk_is_named_and_leaves_nothing_behind() {
     assert!(message.contains("No space left on device") && message.contains("free at least"), "{message}");
     assert!(!message.contains("ZipWriter"), "only one clear message: {message}");
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "nothing may be left on the full disk");
+}
+
+#[test]
+fn a_pack_killed_at_any_moment_leaves_the_old_file_or_the_new_one() {
+    let dir = scratch().join("killed");
+    fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("model.stove");
+    pack(&out, &["--", "--ctx-size", "512"]);
+    let old = fs::read(&out).unwrap();
+    let model = model();
+    let repack = || {
+        common::stove()
+            .args(["pack", "--model", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--", "--ctx-size", "2048"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let is_new = || {
+        run(&["verify", out.to_str().unwrap()]).status.success()
+            && String::from_utf8_lossy(&run(&["info", out.to_str().unwrap()]).stdout).contains("--ctx-size 2048")
+    };
+    let mut kept_old = 0;
+    // SIGKILL cannot be caught: whatever pack was doing (copying, syncing, renaming) just stops.
+    for delay_ms in [0, 5, 20, 50, 100, 200, 350, 600] {
+        let mut child = repack();
+        // Not a wait for readiness: the point is to kill at an arbitrary moment.
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if fs::read(&out).unwrap() == old {
+            kept_old += 1;
+        } else {
+            assert!(is_new(), "after a kill at {delay_ms} ms the output is neither the old bundle nor the new one");
+        }
+    }
+    assert!(kept_old > 0, "every kill came too late to interrupt a pack");
+    // Left alone, the same pack completes and replaces the old file.
+    assert!(repack().wait().unwrap().success());
+    assert!(is_new());
 }
