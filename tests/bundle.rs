@@ -256,4 +256,7 @@ fn a_pack_killed_at_any_moment_leaves_the_old_file_or_the_new_one() {
     // Left alone, the same pack completes and replaces the old file.
     assert!(repack().wait().unwrap().success());
     assert!(is_new());
+    // And the input model was only ever read.
+    use sha2::Digest;
+    assert_eq!(common::hex(&sha2::Sha256::digest(fs::read(&model).unwrap())), MODEL_SHA256);
 }

@@ -203,3 +203,8 @@ pub fn read_stream(response: reqwest::blocking::Response) -> (String, Vec<Value>
     assert!(saw_done, "the stream must end with [DONE]");
     (text, chunks)
 }
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
