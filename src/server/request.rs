@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Limited};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -317,7 +317,30 @@ fn schema_grammar(schema: &Value) -> Result<String, ApiError> {
     })
 }
 
+/// Largest oversized body read (and dropped) so that its sender gets the 413; larger ones are cut off.
+const MAX_DRAINED: u64 = 64 << 20;
+
 pub(super) async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            None,
+            format!("the request body is larger than {} MiB", MAX_BODY >> 20),
+        )
+    };
+    // A Content-Length over the limit is refused without keeping any of it. Up to MAX_DRAINED, the body is
+    // still read and dropped first: a client that sends it all before reading (most do) then gets this
+    // answer, where closing early would show it only a broken pipe.
+    let declared = request.body().size_hint().lower();
+    if declared > MAX_BODY as u64 {
+        if declared <= MAX_DRAINED {
+            let mut body = request.into_body();
+            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(BODY_TIMEOUT, drain).await;
+        }
+        return Err(too_large());
+    }
     let collect = Limited::new(request.into_body(), MAX_BODY).collect();
     match tokio::time::timeout(BODY_TIMEOUT, collect).await {
         Err(_) => Err(ApiError::new(
@@ -327,12 +350,7 @@ pub(super) async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiEr
             format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
         )),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            None,
-            format!("the request body is larger than {} MiB", MAX_BODY >> 20),
-        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(e)) => Err(ApiError::invalid(format!("cannot read the request body: {e}"))),
     }
 }
