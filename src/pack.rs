@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
+use ed25519_dalek::SigningKey;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use zip::write::SimpleFileOptions;
@@ -19,7 +20,6 @@ use crate::bundle::{
     self, Bundle, Manifest, ModelManifest, ARGS_ENTRY, MANIFEST_ENTRY, MODEL_ALIGNMENT, MODEL_ENTRY, SIGNATURE_ENTRY,
 };
 use crate::signing;
-use ed25519_dalek::SigningKey;
 
 /// Set by Ctrl-C or SIGTERM while packing: the copy stops and the temporary file is removed.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
