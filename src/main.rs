@@ -31,10 +31,7 @@ fn main() -> ExitCode {
             Ok(code) => return ExitCode::from(code),
             Err(e) => Err(e),
         },
-        Some(Command::Keygen(ref keygen_args)) => signing::keygen(&keygen_args.output).map(|(secret, public)| {
-            println!("private key {} (keep it secret; sign with `stove pack --sign`)", secret.display());
-            println!("public key  {} (check with `stove verify --key` or `--require-signature`)", public.display());
-        }),
+        Some(Command::Keygen(ref keygen_args)) => signing::run(keygen_args),
         _ => serve::model_source(&cli.run).and_then(|(source, defaults)| {
             // A bundle's default arguments go before the user's, so the user's win.
             let cli = Cli::parse_with_defaults(&defaults, &args).unwrap_or_else(|e| e.exit());

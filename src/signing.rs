@@ -53,7 +53,15 @@ pub fn fingerprint(key: &VerifyingKey) -> String {
     format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(key.as_bytes())))
 }
 
-/// `stove keygen`: writes `PREFIX.key` (private, readable by its owner only) and `PREFIX.pub`.
+/// `stove keygen -o PREFIX`: makes the pair and says what each file is for.
+pub fn run(args: &crate::cli::KeygenArgs) -> Result<()> {
+    let (secret, public) = keygen(&args.output)?;
+    println!("private key {} (keep it secret; sign with `stove pack --sign`)", secret.display());
+    println!("public key  {} (check with `stove verify --key` or `--require-signature`)", public.display());
+    Ok(())
+}
+
+/// Writes `PREFIX.key` (private, readable by its owner only) and `PREFIX.pub`.
 pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf)> {
     let secret_path = with_suffix(prefix, "key");
     let public_path = with_suffix(prefix, "pub");

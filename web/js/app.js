@@ -233,15 +233,11 @@ async function touch(conversation) {
   state.conversations = [conversation, ...state.conversations.filter((c) => c !== conversation)];
   renderSidebar();
   try {
-    await persist(conversation);
+    // IndexedDB stores a structured clone taken now, so later changes to the object are not half-saved.
+    await store.save(conversation);
   } catch (error) {
     toast(`Could not keep this conversation in the browser: ${error.message}`, null, true);
   }
-}
-
-// A plain copy, so that IndexedDB's structured clone never meets anything but data.
-function persist(conversation) {
-  return store.save(JSON.parse(JSON.stringify(conversation)));
 }
 
 function select(conversation) {

@@ -30,7 +30,7 @@ export function requestBody(conversation) {
   const messages = conversation.messages.map(({ role, content }) => ({ role, content }));
   if (own.system_prompt) messages.unshift({ role: "system", content: own.system_prompt });
   const body = { messages };
-  for (const name of ["temperature", "top_p", "top_k", "min_p", "max_tokens", "seed"]) {
+  for (const name of SETTINGS.filter((n) => n !== "system_prompt")) {
     if (typeof own[name] === "number" && Number.isFinite(own[name])) body[name] = own[name];
   }
   return body;
