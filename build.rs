@@ -31,6 +31,14 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=STOVE_COMMIT={commit}");
+
+    // Where llama-cpp-sys-2 (`links = "llama"`) left llama.cpp's shared libraries and backend modules: a launcher
+    // run from the build directory loads the engine from there.
+    let modules = std::env::var("DEP_LLAMA_BACKENDS_DIR").expect("llama-cpp-sys-2 built with dynamic-backends");
+    let libraries = Path::new(&modules).with_file_name("lib");
+    println!("cargo:rustc-env=STOVE_BUILD_MODULE_DIR={modules}");
+    println!("cargo:rustc-env=STOVE_BUILD_LIBRARY_DIR={}", libraries.display());
+    println!("cargo:rustc-env=STOVE_TARGET={}", std::env::var("TARGET").expect("cargo sets TARGET"));
 }
 
 fn copy_page(from: &Path, to: &Path) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing stove needs on a fresh Debian/Ubuntu machine with Rust: cmake, a C++
-# compiler and libclang (llama.cpp and its bindings); with --test also Chromium (the page's browser test)
-# and the official `openai` Python client in a virtual environment under ~/.cache/stove/venv (the API test).
+# compiler and libclang (llama.cpp and its bindings); with --test also Chromium (the page's browser test),
+# qemu-user and binutils (the engine test runs the file on an emulated processor without AVX and reads its
+# libraries' needs), and the official `openai` Python client in a virtual environment under ~/.cache/stove/venv (the API test).
 # Installs only what is missing; uses sudo when not root.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.
 if [[ "${1:-}" == --test ]]; then
   command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
   python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
+  command -v qemu-x86_64 >/dev/null || need+=(qemu-user)
+  command -v readelf >/dev/null || need+=(binutils)
 fi
 if [[ ${#need[@]} -gt 0 ]]; then
   sudo=""

@@ -1,11 +1,12 @@
 //! The payload a bundle carries after its engine, and how stove finds and checks it.
 //!
-//! A bundle is the stove executable followed by a ZIP archive (so `unzip -l bundle` lists it, as with
+//! A bundle is stove's launcher followed by a ZIP archive (so `unzip -l bundle` lists it, as with
 //! llamafile). The archive holds, in this order:
 //!
 //! | entry                 | what                                                         |
 //! |-----------------------|--------------------------------------------------------------|
 //! | `stove/model.gguf`    | the GGUF, stored, its first byte at a 64 KiB-aligned offset  |
+//! | `engine/...`          | the engine the launcher loads, and `engine/index.json` listing it ([`crate::launch`]) |
 //! | `stove/manifest.json` | [`Manifest`]: what the model is, who packed it, every part's SHA-256 |
 //! | `stove/signature.json`| optional Ed25519 signature over the manifest's bytes ([`crate::signing`]) |
 //! | `stove/args.json`     | optional default arguments, a JSON array of strings          |
@@ -31,8 +32,8 @@ pub const WEB_PREFIX: &str = "web/";
 
 /// The GGUF's first byte sits at a multiple of this, so it can be mapped with 4K, 16K or 64K pages.
 pub const MODEL_ALIGNMENT: u64 = 64 * 1024;
-/// The bundle format this stove writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The bundle format this stove writes and reads. 2: the engine is carried as files in the archive.
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest chat page override stove will load into memory.
 pub const MAX_WEB_BYTES: u64 = 64 << 20;
 
@@ -43,11 +44,14 @@ pub struct Manifest {
     /// The name shown on the page and in `/v1/models`.
     pub name: String,
     pub stove_version: String,
-    /// Bytes of the engine before the payload; packing onto a bundle keeps only these.
+    /// Bytes of the launcher before the archive.
     pub engine_len: u64,
-    /// SHA-256 of those engine bytes (absent in bundles packed before stove recorded it).
+    /// SHA-256 of those launcher bytes (absent in bundles packed before stove recorded it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_sha256: Option<String>,
+    /// SHA-256 of `engine/index.json`, which lists every engine file with its own SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_index_sha256: Option<String>,
     pub model: ModelManifest,
     /// SHA-256 of `stove/args.json`, when the bundle has default arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,14 +256,6 @@ impl Bundle {
     }
 }
 
-/// How many bytes of `path` are the engine: everything before the payload, or the whole file if it has none.
-pub fn engine_len(path: &Path) -> Result<u64, BundleError> {
-    match Bundle::find(path)? {
-        Some(bundle) => Ok(bundle.manifest.engine_len),
-        None => Ok(open(path)?.metadata().map_err(io_err(path))?.len()),
-    }
-}
-
 fn corrupt(path: &Path, reason: String) -> BundleError {
     BundleError::Corrupt { path: path.to_path_buf(), reason }
 }
@@ -363,6 +359,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let engine = dir.path().join("engine");
             std::fs::write(&engine, vec![0x7f; 3000]).unwrap();
+            let engine = crate::pack::EngineSource::stand_in(&engine);
             let model = dir.path().join("tiny.gguf");
             std::fs::write(&model, crate::gguf::sample::sample()).unwrap();
             let web = dir.path().join("web");
@@ -373,7 +370,7 @@ mod tests {
                 model,
                 out: out.clone(),
                 name: None,
-                engine: Some(engine),
+                engine,
                 web: Some(web),
                 default_args: vec!["--ctx-size".into(), "512".into()],
                 sign: None,

@@ -141,9 +141,13 @@ pub struct PackArgs {
     /// Name shown on the page and in /v1/models [default: the GGUF's general.name]
     #[arg(long)]
     pub name: Option<String>,
-    /// Pack onto this engine instead of the running one
+    /// Pack with the engine in this stove file (a bundle, or an engine-only file for another system) instead
+    /// of the running one
     #[arg(long, value_name = "PATH")]
     pub engine: Option<PathBuf>,
+    /// Write the engine alone, with no model: a stove program to carry or to pack with (`--engine`) later
+    #[arg(long, conflicts_with_all = ["name", "web", "sign", "default_args"])]
+    pub engine_only: bool,
     /// A folder with an index.html that replaces the built-in chat page
     #[arg(long, value_name = "DIR")]
     pub web: Option<PathBuf>,

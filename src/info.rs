@@ -34,7 +34,7 @@ fn print_model(path: &Path) -> Result<()> {
     if let ModelSource::Bundle(bundle) = &source {
         let m = &bundle.manifest;
         println!("  bundle       {} (packed by stove {})", m.name, m.stove_version);
-        println!("  engine       {}", human_bytes(m.engine_len));
+        println!("  launcher     {}", human_bytes(m.engine_len));
         println!("  model file   {} at byte {}", m.model.file_name, span.offset);
         println!("  sha256       {}", m.model.sha256);
         if !bundle.default_args.is_empty() {
@@ -65,6 +65,31 @@ fn print_machine() {
     println!("  cores        {} physical, {} logical", hw.physical_cores, hw.logical_cores);
     if let (Some(total), Some(available)) = (hw.memory_total, hw.memory_available) {
         println!("  memory       {} ({} available)", human_bytes(total), human_bytes(available));
+    }
+    let launch = crate::launch();
+    let placement = match launch.placement.split_once(' ') {
+        Some((how, dir)) => format!("{how} ({dir})"),
+        None => launch.placement.clone(),
+    };
+    println!("  engine       {} files, loaded from {placement}", launch.files.len());
+    for note in &launch.notes {
+        println!("               {note}");
+    }
+    let backends = hardware::backends::load();
+    let variants: Vec<String> = backends
+        .modules
+        .iter()
+        .filter_map(|m| Some(format!("{}={}", m.name.strip_prefix("cpu-")?, m.score?)))
+        .collect();
+    match &backends.cpu_variant {
+        Some(variant) => println!("  cpu variant  {variant} (ggml's score of each: {})", variants.join(" ")),
+        None => println!("  cpu variant  none loaded ({})", variants.join(" ")),
+    }
+    for module in backends.modules.iter().filter(|m| !m.name.starts_with("cpu")) {
+        match &module.reason {
+            None => println!("  {:<12} loaded", module.name),
+            Some(reason) => println!("  {:<12} not used: {reason}", module.name),
+        }
     }
     for device in &hw.devices {
         let memory =

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use crate::bundle::{self, Bundle, ModelSource};
 use crate::cli::RunArgs;
 use crate::engine::{Engine, EngineConfig};
+use crate::hardware;
 use crate::server::{self, AppState, Assets, Guard};
 
 /// The model to run and the default arguments that come with it: `--model`'s, or this executable's own.
@@ -43,11 +44,13 @@ pub fn engine_config(run: &RunArgs) -> EngineConfig {
         gpu_layers: run.gpu_layers,
         use_mmap: !run.no_mmap,
         system_prompt: run.system_prompt.clone(),
-        verbose: run.verbose,
     }
 }
 
 pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
+    for line in engine_notes() {
+        eprintln!("{line}");
+    }
     let engine = Engine::start(source, engine_config(run))?;
     let web = match source {
         ModelSource::Bundle(bundle) => bundle.web.clone(),
@@ -78,8 +81,12 @@ pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
         }
         std::thread::spawn(move || match engine.wait_ready() {
             Ok(runtime) => eprintln!(
-                "model ready in {:.1} s: {} conversations at once, {} tokens each, {} threads",
-                runtime.load_seconds, runtime.parallel, runtime.context_size, runtime.threads
+                "model ready in {:.1} s: {} conversations at once, {} tokens each, {} threads, CPU: {}",
+                runtime.load_seconds,
+                runtime.parallel,
+                runtime.context_size,
+                runtime.threads,
+                runtime.cpu_variant.as_deref().unwrap_or("built in")
             ),
             Err(e) => {
                 eprintln!("stove: {e}");
@@ -88,6 +95,16 @@ pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
         });
         server::serve(listener, state).await
     })
+}
+
+/// What the person should know about how the engine started: why its files are not in memory, and why a GPU
+/// module this file carries is not used here (one line each; the CPU path runs regardless).
+pub fn engine_notes() -> Vec<String> {
+    let mut lines = crate::launch().notes.clone();
+    for module in hardware::backends::load().unused_gpu_modules() {
+        lines.push(format!("{}: not used: {}", module.name, module.reason.as_deref().unwrap_or("unknown")));
+    }
+    lines
 }
 
 /// `--browser`/`--no-browser` decide; otherwise a browser opens when stove was started with no arguments and

@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::VerifyingKey;
@@ -15,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::bundle::{Bundle, BundleError, ModelSource};
 use crate::cli::{RunArgs, VerifyArgs};
 use crate::hardware::human_bytes;
+use crate::launch::{EngineIndex, ARCHIVE_DIR, INDEX_ENTRY};
 use crate::pack::{copy_hashing, hex};
 use crate::signing::{self, SignatureStatus};
 
@@ -85,12 +87,13 @@ pub fn check(bundle: &Bundle, required: Option<&VerifyingKey>) -> Result<Report>
         None => State::Unrecorded,
     };
 
-    let engine = hashed(0, manifest.engine_len, "checking engine")?;
+    let launcher = hashed(0, manifest.engine_len, "checking launcher")?;
     parts.push(Part {
-        name: "engine".into(),
+        name: "launcher".into(),
         size: Some(manifest.engine_len),
-        state: compare(&engine, manifest.engine_sha256.as_deref()),
+        state: compare(&launcher, manifest.engine_sha256.as_deref()),
     });
+    parts.extend(check_engine_files(path, manifest.engine_index_sha256.as_deref())?);
     let model = hashed(bundle.model.offset, bundle.model.len, "checking model")?;
     parts.push(Part {
         name: "model".into(),
@@ -120,6 +123,59 @@ pub fn check(bundle: &Bundle, required: Option<&VerifyingKey>) -> Result<Report>
     }
     let signature = signing::check(&bundle.manifest_bytes, bundle.signature.as_deref(), required);
     Ok(Report { parts, signature })
+}
+
+/// The engine's files in the archive: the index against the manifest, each file against the index. One part
+/// for all of them when they are intact, one per file that is not.
+fn check_engine_files(path: &Path, recorded_index: Option<&str>) -> Result<Vec<Part>> {
+    let mut archive =
+        zip::ZipArchive::new(File::open(path).with_context(|| format!("cannot read {}", path.display()))?)
+            .with_context(|| format!("cannot read the archive in {}", path.display()))?;
+    let mut index_bytes = Vec::new();
+    let has_index = match archive.by_name(INDEX_ENTRY) {
+        Ok(entry) => entry.take(1 << 20).read_to_end(&mut index_bytes).is_ok(),
+        Err(_) => false,
+    };
+    let index_state = match (has_index, recorded_index) {
+        (false, None) => return Ok(Vec::new()),
+        (false, Some(_)) => State::Missing,
+        (true, None) => State::Unrecorded,
+        (true, Some(recorded)) if hex(&Sha256::digest(&index_bytes)) == recorded => State::Intact,
+        (true, Some(_)) => State::Changed,
+    };
+    let Ok(index) = serde_json::from_slice::<EngineIndex>(&index_bytes).map_err(|_| ()).and_then(|index| {
+        if index_state == State::Intact {
+            Ok(index)
+        } else {
+            Err(())
+        }
+    }) else {
+        return Ok(vec![Part { name: "engine index".into(), size: None, state: index_state }]);
+    };
+    let mut damaged = Vec::new();
+    let mut total = 0;
+    for file in &index.files {
+        total += file.size;
+        let label = format!("checking {}", file.name);
+        let state = match archive.by_name(&format!("{ARCHIVE_DIR}{}", file.name)) {
+            Err(_) => State::Missing,
+            Ok(entry) => match copy_hashing(entry, file.size, &mut io::sink(), &label) {
+                Ok((read, sha256)) if read == file.size && sha256 == file.sha256 => State::Intact,
+                _ => State::Changed,
+            },
+        };
+        if state != State::Intact {
+            damaged.push(Part { name: format!("engine {}", file.name), size: Some(file.size), state });
+        }
+    }
+    if damaged.is_empty() {
+        return Ok(vec![Part {
+            name: format!("engine ({} files)", index.files.len()),
+            size: Some(total),
+            state: State::Intact,
+        }]);
+    }
+    Ok(damaged)
 }
 
 /// `stove verify [FILE] [--key PUB]`: prints each part's state and returns the exit code.

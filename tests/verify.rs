@@ -45,9 +45,10 @@ fn verify_names_the_damaged_part_with_an_exit_code() {
 
     let (code, out) = verify(&signed, None);
     assert_eq!(code, 0, "{out}");
-    for line in ["engine             intact", "model              intact", "default arguments  intact"] {
+    for line in ["launcher           intact", "model              intact", "default arguments  intact"] {
         assert!(out.contains(line), "{line:?} missing:\n{out}");
     }
+    assert!(out.lines().any(|l| l.trim_start().starts_with("engine (") && l.contains("files)  intact")), "{out}");
     assert!(out.contains("signature          valid, by key SHA256:"), "{out}");
     let (code, out) = verify(&signed, Some(&public));
     assert_eq!(code, 0, "{out}");
@@ -73,15 +74,29 @@ fn verify_names_the_damaged_part_with_an_exit_code() {
     let (code, out) = verify(&damaged, Some(&public));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("model              DAMAGED"), "{out}");
-    assert!(out.contains("engine             intact"), "{out}");
+    assert!(out.contains("launcher           intact"), "{out}");
 
-    // One byte of the engine's code changes.
+    // One byte of the launcher's code changes.
     let patched = scratch().join("patched-engine.stove");
     std::fs::copy(&signed, &patched).unwrap();
     flip_byte(&patched, 4096);
     let (code, out) = verify(&patched, None);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("engine             DAMAGED"), "{out}");
+    assert!(out.contains("launcher           DAMAGED"), "{out}");
+
+    // One byte of a CPU variant the engine carries changes: verify names it, and the file refuses to start
+    // rather than load damaged code.
+    let module = scratch().join("damaged-module.stove");
+    std::fs::copy(&signed, &module).unwrap();
+    let (offset, name) = entry_offset(&module, "engine/libggml-cpu-x64.so");
+    flip_byte(&module, offset + 5000);
+    let (code, out) = verify(&module, None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("engine {} DAMAGED", name.trim_start_matches("engine/"))), "{out}");
+    let started = std::process::Command::new(&module).args(["--no-browser", "--port", "0"]).output().unwrap();
+    assert_eq!(started.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&started.stderr);
+    assert!(message.contains("is damaged") && message.contains("libggml-cpu-x64.so"), "{message}");
 
     // A copy cut short.
     let cut = scratch().join("cut.stove");
@@ -149,4 +164,11 @@ fn keys_are_never_overwritten() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("already exists"));
     assert_eq!(std::fs::read(&secret).unwrap(), before);
+}
+
+/// Where an archive entry's data starts in the file, and its name.
+fn entry_offset(path: &std::path::Path, name: &str) -> (u64, String) {
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    let entry = archive.by_name(name).unwrap();
+    (entry.data_start().unwrap(), entry.name().unwrap().into_owned())
 }

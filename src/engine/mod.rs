@@ -55,7 +55,6 @@ pub struct EngineConfig {
     pub gpu_layers: i32,
     pub use_mmap: bool,
     pub system_prompt: Option<String>,
-    pub verbose: bool,
 }
 
 /// What the page, `/v1/models` and `stove info` show about the model.
@@ -80,7 +79,9 @@ pub struct Runtime {
     pub threads: usize,
     pub mmap: bool,
     pub load_seconds: f64,
-    /// What the CPU backend was built for (with CPU variants: the one ggml picked), e.g. AVX2, FMA.
+    /// The CPU variant ggml's score picked for this processor, e.g. `haswell`.
+    pub cpu_variant: Option<String>,
+    /// The instructions that variant was built to use, e.g. AVX2, FMA.
     pub cpu_features: Vec<String>,
     /// The model's layers, and how many of them run on `gpus`.
     pub layers: u32,
@@ -367,11 +368,17 @@ impl Engine {
     }
 }
 
-/// Starts llama.cpp once per process; with `verbose` off its log lines are dropped.
-fn init_backend(verbose: bool) -> Result<LlamaBackend, String> {
+/// llama.cpp's and ggml's log lines go to stderr with `--verbose`, and nowhere otherwise. Set before anything
+/// calls them, loading the backend modules included.
+pub fn set_logging(verbose: bool) {
     if !verbose {
         llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
     }
+}
+
+/// Starts llama.cpp once per process, after choosing its backends.
+fn init_backend() -> Result<LlamaBackend, String> {
+    crate::hardware::backends::load();
     LlamaBackend::init().map_err(|e| format!("cannot start llama.cpp: {e}"))
 }
 

@@ -47,7 +47,7 @@ impl Worker {
     fn serve(&self, queue: Receiver<Work>) -> Result<(), String> {
         let (span, config) = (&self.span, &self.config);
         let started = Instant::now();
-        let backend = init_backend(config.verbose)?;
+        let backend = init_backend()?;
         page_in(span, &|permille| self.status.set(LoadState::Loading { permille }))
             .map_err(|e| format!("cannot read the model from {}: {e}", span.path.display()))?;
         let model = ffi::load_model_at(&backend, &span.path, span.offset, config.use_mmap, config.gpu_layers)
@@ -102,6 +102,7 @@ impl Worker {
             threads: config.threads,
             mmap: config.use_mmap,
             load_seconds: started.elapsed().as_secs_f64(),
+            cpu_variant: hardware::backends::load().cpu_variant.clone(),
             cpu_features: hardware::cpu_backend_features(&ffi::system_info()),
             layers,
             gpu_layers,

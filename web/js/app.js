@@ -181,7 +181,12 @@ function showModel() {
       `${formatNumber(r.context_size)} tokens per conversation${model.trained_context ? ` (trained ${formatNumber(model.trained_context)})` : ""}`,
     ],
     ["At once", `${r.parallel} conversation${r.parallel === 1 ? "" : "s"}`],
-    ["CPU", `${r.threads} thread${r.threads === 1 ? "" : "s"} · ${r.cpu_features.join(" ") || "baseline"}`],
+    [
+      "CPU",
+      `${r.cpu_variant ? `${r.cpu_variant} · ` : ""}${r.threads} thread${r.threads === 1 ? "" : "s"} · ${
+        r.cpu_features.join(" ") || "baseline"
+      }`,
+    ],
     ["GPU", gpu],
     ["Loaded in", `${formatNumber(r.load_seconds, 1)} s${r.mmap ? ", mapped from the file" : ""}`],
     ["stove", `${state.info.stove_version} (${state.info.stove_commit})`],

@@ -21,6 +21,9 @@ use crate::bundle::{
 };
 use crate::signing;
 
+mod engine;
+pub use engine::EngineSource;
+
 /// Set by Ctrl-C or SIGTERM while packing: the copy stops and the temporary file is removed.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -35,8 +38,8 @@ pub struct PackOptions {
     pub model: PathBuf,
     pub out: PathBuf,
     pub name: Option<String>,
-    /// The engine to pack onto; the running executable when `None`.
-    pub engine: Option<PathBuf>,
+    /// The launcher and engine files to pack with.
+    pub engine: EngineSource,
     /// A folder whose files replace the built-in chat page.
     pub web: Option<PathBuf>,
     pub default_args: Vec<String>,
@@ -51,18 +54,36 @@ pub struct Packed {
 
 /// `stove pack`: checks the arguments, packs, and says what was written.
 pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()> {
-    let Some(model) = &run.model else {
-        bail!("pack needs a model: stove pack --model MODEL.gguf -o OUT");
-    };
     // Without this, Ctrl-C would end the process before the temporary file's destructor removes it.
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).context("while installing a Ctrl-C handler")?;
+    let engine = match &args.engine {
+        Some(path) => EngineSource::from_file(path)?,
+        None => EngineSource::running()?,
+    };
+    if args.engine_only {
+        if run.model.is_some() {
+            bail!("--engine-only writes no model; leave out --model");
+        }
+        let size = pack_engine_only(&engine, &args.output)?;
+        println!(
+            "wrote the {} engine ({} files) to {} ({})",
+            engine.target,
+            engine.files.len(),
+            args.output.display(),
+            crate::hardware::human_bytes(size)
+        );
+        return Ok(());
+    }
+    let Some(model) = &run.model else {
+        bail!("pack needs a model: stove pack --model MODEL.gguf -o OUT (or --engine-only)");
+    };
     crate::cli::check_default_args(&args.default_args)
         .map_err(|e| anyhow::anyhow!("the default arguments after -- are not valid: {e}"))?;
     let packed = pack(&PackOptions {
         model: model.clone(),
         out: args.output.clone(),
         name: args.name.clone(),
-        engine: args.engine.clone(),
+        engine,
         web: args.web.clone(),
         default_args: args.default_args.clone(),
         sign: args.sign.as_deref().map(signing::load_signing_key).transpose()?,
@@ -93,12 +114,8 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     let source = bundle::open_model(&options.model)?;
     let span = source.span().clone();
     let info = span.read_info()?;
-    let engine_path = match &options.engine {
-        Some(path) => path.clone(),
-        None => std::env::current_exe().context("while finding the running stove executable")?,
-    };
-    let engine_len = bundle::engine_len(&engine_path)
-        .with_context(|| format!("while reading the engine {}", engine_path.display()))?;
+    let engine_path = &options.engine.launcher;
+    let engine_len = options.engine.launcher_len;
     let file_name = match &source {
         bundle::ModelSource::Bundle(b) => b.manifest.model.file_name.clone(),
         bundle::ModelSource::Gguf(_) => file_name_of(&options.model),
@@ -109,26 +126,18 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         None => Vec::new(),
     };
 
-    let out_dir = match options.out.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let temp = tempfile::Builder::new()
-        .prefix(".stove-pack-")
-        .suffix(".partial")
-        .tempfile_in(&out_dir)
-        .with_context(|| format!("while creating a temporary file in {}", out_dir.display()))?;
+    let temp = temporary_beside(&options.out)?;
     let write_context = || {
         format!(
             "while writing {} (if the disk is full, free at least {} MB there or choose another -o)",
             temp.path().display(),
-            (engine_len + span.len) >> 20
+            (engine_len + options.engine.files_len() + span.len) >> 20
         )
     };
 
     let mut out = BufWriter::with_capacity(1 << 20, temp.as_file().try_clone()?);
     let mut engine =
-        File::open(&engine_path).with_context(|| format!("while opening the engine {}", engine_path.display()))?;
+        File::open(engine_path).with_context(|| format!("while opening the engine {}", engine_path.display()))?;
     let (copied, engine_sha256) =
         copy_hashing((&mut engine).take(engine_len), engine_len, &mut out, "engine").with_context(write_context)?;
     if copied != engine_len {
@@ -148,7 +157,8 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         name,
         stove_version: env!("CARGO_PKG_VERSION").to_string(),
         engine_len,
-        engine_sha256: Some(engine_sha256),
+        engine_sha256: Some(engine_sha256.clone()),
+        engine_index_sha256: None, // computed while the engine files are written
         args_sha256: args.as_deref().map(|bytes| hex(&Sha256::digest(bytes))),
         web: web_files
             .iter()
@@ -165,7 +175,14 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
             has_chat_template: info.chat_template.is_some(),
         },
     };
-    let payload = Payload { manifest, args, web: &web_files, sign: options.sign.as_ref() };
+    let payload = Payload {
+        manifest,
+        engine: &options.engine,
+        launcher_sha256: &engine_sha256,
+        args,
+        web: &web_files,
+        sign: options.sign.as_ref(),
+    };
     let (file, manifest) = match write_payload(out, &span, payload) {
         Ok(written) => written,
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {
@@ -187,25 +204,75 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     Ok(Packed { bundle, size })
 }
 
+/// Writes the launcher and the engine's files with no model, through a temporary file like `pack`.
+pub fn pack_engine_only(engine: &EngineSource, out: &Path) -> Result<u64> {
+    let temp = temporary_beside(out)?;
+    let write_context = || format!("while writing {} (is the disk full?)", temp.path().display());
+    let mut writer = BufWriter::new(temp.as_file().try_clone()?);
+    let mut launcher = File::open(&engine.launcher)
+        .with_context(|| format!("while opening the engine {}", engine.launcher.display()))?;
+    let (copied, launcher_sha256) =
+        copy_hashing((&mut launcher).take(engine.launcher_len), engine.launcher_len, &mut writer, "")
+            .with_context(write_context)?;
+    if copied != engine.launcher_len {
+        bail!("the engine {} changed while it was being read", engine.launcher.display());
+    }
+    let mut zip = zip::ZipWriter::new(writer);
+    engine::write_files(&mut zip, engine, &launcher_sha256).with_context(write_context)?;
+    let file = zip.finish().with_context(write_context)?.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all().with_context(write_context)?;
+    // Read back as the launcher will.
+    let written = EngineSource::from_file(temp.path())?;
+    if written.files.len() != engine.files.len() {
+        bail!(
+            "the written engine lists {} files instead of {}; this is a stove bug",
+            written.files.len(),
+            engine.files.len()
+        );
+    }
+    set_executable(temp.as_file())?;
+    let size = temp.as_file().metadata()?.len();
+    temp.persist(out).with_context(|| format!("while moving the engine to {}", out.display()))?;
+    Ok(size)
+}
+
+/// A temporary file in `out`'s folder (so the final rename cannot cross file systems), removed unless persisted.
+fn temporary_beside(out: &Path) -> Result<tempfile::NamedTempFile> {
+    let out_dir = match out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".stove-pack-")
+        .suffix(".partial")
+        .tempfile_in(&out_dir)
+        .with_context(|| format!("while creating a temporary file in {}", out_dir.display()))
+}
+
 /// What goes into the archive besides the model.
 struct Payload<'a> {
-    /// Complete but for the model's SHA-256, which is computed while the model is copied.
+    /// Complete but for the model's and the engine index's SHA-256, computed while they are written.
     manifest: Manifest,
+    engine: &'a EngineSource,
+    launcher_sha256: &'a str,
     args: Option<Vec<u8>>,
     web: &'a [(String, Vec<u8>)],
     sign: Option<&'a SigningKey>,
 }
 
-/// Writes the archive after the engine: the model (aligned, stored), the manifest with the model's SHA-256,
-/// its signature, the default arguments and the page files. Returns the file and the completed manifest.
+/// Writes the archive after the launcher: the model (aligned, stored), the engine's files and their index,
+/// the manifest with the model's and the index's SHA-256, its signature, the default arguments and the page
+/// files. Returns the file and the completed manifest.
 fn write_payload(out: BufWriter<File>, span: &bundle::ModelSpan, payload: Payload) -> io::Result<(File, Manifest)> {
-    let Payload { mut manifest, args, web, sign } = payload;
+    let Payload { mut manifest, engine, launcher_sha256, args, web, sign } = payload;
     let mut zip = zip::ZipWriter::new(out);
     let mut write_entries = |zip: &mut zip::ZipWriter<BufWriter<File>>| -> io::Result<()> {
         let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
         let aligned = stored.with_alignment(ZIP_ALIGNMENT as u16).large_file(span.len >= u32::MAX as u64);
         zip.start_file(MODEL_ENTRY, aligned)?;
         manifest.model.sha256 = copy_with_progress(span, zip)?;
+        let index = engine::write_files(zip, engine, launcher_sha256)?;
+        manifest.engine_index_sha256 = Some(hex(&Sha256::digest(&index)));
         // These exact bytes are what a signature covers.
         let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
         zip.start_file(MANIFEST_ENTRY, stored)?;
@@ -250,14 +317,17 @@ fn copy_with_progress(span: &bundle::ModelSpan, out: &mut impl Write) -> io::Res
 }
 
 /// Copies `from` (`len` bytes expected) into `to`, returning the bytes copied and their SHA-256. Shows a
-/// progress bar labelled `label` on a terminal; stops with `Interrupted` on Ctrl-C while packing.
+/// progress bar labelled `label` on a terminal (none for an empty label); stops with `Interrupted` on Ctrl-C while packing.
 pub fn copy_hashing(mut from: impl Read, len: u64, to: &mut impl Write, label: &str) -> io::Result<(u64, String)> {
-    let progress = ProgressBar::new(len).with_style(
-        ProgressStyle::with_template(&format!(
-            "{label} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} {{eta}}"
-        ))
-        .expect("valid template"),
-    );
+    let progress = match label {
+        "" => ProgressBar::hidden(),
+        _ => ProgressBar::new(len).with_style(
+            ProgressStyle::with_template(&format!(
+                "{label} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} {{eta}}"
+            ))
+            .expect("valid template"),
+        ),
+    };
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut copied = 0;

@@ -1,5 +1,7 @@
 //! What this machine has: cores, memory, CPU features and the devices llama.cpp can use.
 
+pub mod backends;
+
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +55,7 @@ pub fn detect() -> Hardware {
 /// The devices llama.cpp's loaded backends offer, the CPU included.
 pub fn devices() -> Vec<Device> {
     use llama_cpp_2::LlamaBackendDeviceType as Type;
+    backends::load();
     llama_cpp_2::list_llama_ggml_backend_devices()
         .into_iter()
         .map(|d| Device {

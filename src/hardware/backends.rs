@@ -1,0 +1,186 @@
+//! Choosing and loading ggml's backend modules, once per process: the CPU variant that ggml's own score
+//! rates best for this processor, and each GPU backend whose runtime this machine has.
+//!
+//! The modules come from the launcher (see [`crate::launch`]). Each CPU variant (`libggml-cpu-haswell.so`, …)
+//! exports `ggml_backend_score`, which returns 0 when this processor lacks an instruction the variant uses and
+//! otherwise a higher number the more it uses; that is what ggml's own `ggml_backend_load_best` does, here
+//! over files that may live in memory rather than in one directory.
+
+use std::ffi::{c_int, CString};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use serde::Serialize;
+
+use crate::launch::PlacedFile;
+
+/// What was loaded, and why each module that was not is not.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Backends {
+    /// The CPU variant in use, e.g. `haswell`; `None` when the engine has no CPU modules (unit tests).
+    pub cpu_variant: Option<String>,
+    /// Every module and what became of it, in the engine's order.
+    pub modules: Vec<ModuleState>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleState {
+    /// The module's short name: `cpu-haswell`, `vulkan`, `cuda`.
+    pub name: String,
+    pub loaded: bool,
+    /// ggml's rating of the module for this machine (0: cannot run here), when the module has one.
+    pub score: Option<i32>,
+    /// Why it is not loaded, in a few words.
+    pub reason: Option<String>,
+}
+
+impl Backends {
+    /// The GPU modules that could not be used, with the reason: one line each for the person starting stove.
+    pub fn unused_gpu_modules(&self) -> impl Iterator<Item = &ModuleState> {
+        self.modules.iter().filter(|m| !m.name.starts_with("cpu") && !m.loaded)
+    }
+}
+
+static LOADED: OnceLock<Backends> = OnceLock::new();
+
+/// Loads the best CPU variant and the usable GPU backends on the first call; later calls return the same.
+pub fn load() -> &'static Backends {
+    LOADED.get_or_init(|| {
+        let launch = crate::launch();
+        let backends = load_modules(launch.modules());
+        // The modules are mapped now; a temporary copy of them is no longer needed.
+        if let Some(dir) = &launch.cleanup {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        release_unused(&launch.files, &backends);
+        backends
+    })
+}
+
+fn load_modules<'a>(modules: impl Iterator<Item = &'a PlacedFile>) -> Backends {
+    let mut backends = Backends::default();
+    let mut best: Option<(i32, &Path, String)> = None;
+    let mut gpu_modules = Vec::new();
+    for module in modules {
+        let name = short_name(&module.name);
+        if !name.starts_with("cpu") {
+            gpu_modules.push((name, module.path.as_path()));
+            continue;
+        }
+        let state = match score(&module.path) {
+            Ok(score) => {
+                if score > 0 && best.as_ref().is_none_or(|(s, _, _)| score > *s) {
+                    best = Some((score, &module.path, name.clone()));
+                }
+                let reason = (score == 0).then(|| "this processor lacks instructions it uses".to_string());
+                ModuleState { name, loaded: false, score: Some(score), reason }
+            }
+            Err(reason) => ModuleState { name, loaded: false, score: None, reason: Some(reason) },
+        };
+        backends.modules.push(state);
+    }
+    if let Some((_, path, name)) = best {
+        match register(path) {
+            Ok(()) => {
+                for state in backends.modules.iter_mut().filter(|m| m.name == name) {
+                    state.loaded = true;
+                }
+                backends.cpu_variant = Some(name.trim_start_matches("cpu-").to_string());
+            }
+            Err(reason) => {
+                for state in backends.modules.iter_mut().filter(|m| m.name == name) {
+                    state.reason = Some(reason.clone());
+                }
+            }
+        }
+    }
+    for (name, path) in gpu_modules {
+        // Loading fails right away when the module's runtime (libvulkan.so.1, libcuda.so.1) is not installed;
+        // that is the everyday case on machines without that GPU, not an error.
+        let state = match score(path) {
+            Err(reason) => ModuleState { name, loaded: false, score: None, reason: Some(reason) },
+            Ok(0) => ModuleState { name, loaded: false, score: Some(0), reason: Some("no usable device".into()) },
+            Ok(_) => match register(path) {
+                Ok(()) => ModuleState { name, loaded: true, score: None, reason: None },
+                Err(reason) => ModuleState { name, loaded: false, score: None, reason: Some(reason) },
+            },
+        };
+        backends.modules.push(state);
+    }
+    backends
+}
+
+/// Closes the memory files of modules that were not loaded (the other CPU variants: about 20 MB), so their
+/// memory is returned. Nothing reads them again: packing re-reads the stove file itself.
+fn release_unused(files: &[PlacedFile], backends: &Backends) {
+    for file in files {
+        let unused = backends.modules.iter().any(|m| !m.loaded && short_name(&file.name) == m.name);
+        let fd = file.path.to_str().and_then(|p| p.strip_prefix("/proc/self/fd/")).and_then(|n| n.parse().ok());
+        if let (true, Some(fd)) = (unused, fd) {
+            // SAFETY: the launcher opened this descriptor for this module alone and handed it to the engine;
+            // the module was unloaded after scoring, so nothing maps or reads it.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// `libggml-cpu-haswell.so` → `cpu-haswell`; `libggml-vulkan.so` → `vulkan`.
+fn short_name(file_name: &str) -> String {
+    let name = file_name.strip_prefix("libggml-").unwrap_or(file_name);
+    name.split(".so").next().unwrap_or(name).to_string()
+}
+
+/// Asks a module how well it suits this machine, without registering it. Modules without a score function
+/// (GPU backends usually have none) count as 1.
+fn score(path: &Path) -> Result<i32, String> {
+    // SAFETY: a ggml backend module built with this engine; loading it runs no code that depends on the CPU's
+    // features (ggml builds the score function for the baseline, so it can run anywhere).
+    let library = unsafe { libloading::Library::new(path) }.map_err(|e| why_not_loadable(&e.to_string()))?;
+    // SAFETY: `ggml_backend_score` is declared `int (void)` by GGML_BACKEND_DL_SCORE_IMPL.
+    let score = match unsafe { library.get::<unsafe extern "C" fn() -> c_int>(b"ggml_backend_score\0") } {
+        // SAFETY: as above; it only reads CPUID (CPU variants) or nothing.
+        Ok(function) => unsafe { function() },
+        Err(_) => 1,
+    };
+    Ok(score)
+}
+
+/// The loader's message, shortened to what the person can act on: "libvulkan.so.1 is not installed" for
+/// the usual case of a GPU module whose driver library this machine lacks.
+fn why_not_loadable(loader_message: &str) -> String {
+    const NOT_FOUND: &str = ": cannot open shared object file";
+    match loader_message.split_once(NOT_FOUND) {
+        Some((before, _)) => format!("{} is not installed", before.rsplit(": ").next().unwrap_or(before)),
+        None => loader_message.to_string(),
+    }
+}
+
+/// Registers a module with ggml, so llama.cpp lists its devices.
+fn register(path: &Path) -> Result<(), String> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "a NUL byte in the path".to_string())?;
+    // SAFETY: a NUL-terminated path that outlives the call; ggml keeps the module loaded until exit.
+    let registered = unsafe { llama_cpp_sys_2::ggml_backend_load(c_path.as_ptr()) };
+    if registered.is_null() {
+        return Err("ggml could not initialise it (run with --verbose to see why)".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_are_shortened() {
+        assert_eq!(short_name("libggml-cpu-haswell.so"), "cpu-haswell");
+        assert_eq!(short_name("libggml-vulkan.so"), "vulkan");
+        assert_eq!(short_name("libggml-cuda.so"), "cuda");
+    }
+
+    #[test]
+    fn a_missing_driver_library_is_named() {
+        let message = "/proc/self/fd/9: libvulkan.so.1: cannot open shared object file: No such file or directory";
+        assert_eq!(why_not_loadable(message), "libvulkan.so.1 is not installed");
+        assert_eq!(why_not_loadable("undefined symbol: foo"), "undefined symbol: foo");
+    }
+}

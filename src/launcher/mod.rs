@@ -1,0 +1,149 @@
+//! The launcher: the small program at the start of every stove file.
+//!
+//! llama.cpp's CPU variants and GPU backends are shared modules, and the engine that uses them is itself a shared
+//! library (`libstove.so`) that needs llama.cpp's libraries. None of that can be linked into one executable, so
+//! the launcher, which links no llama.cpp, carries them in the archive at the end of its own file: it makes them
+//! loadable ([`placement`]: in memory, else a verified per-user cache, else a temporary directory), loads
+//! llama.cpp's libraries and the engine in order, and calls the engine with a [`Launch`] saying where
+//! everything is. Run from a build directory (`cargo build`), it takes the files the build left there instead.
+
+mod placement;
+
+use std::ffi::{c_char, c_int, CString};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::launch::{
+    EngineIndex, FileKind, Launch, PlacedFile, ENGINE_ENTRY, ENGINE_LIBRARY, INDEX_ENTRY, LLAMA_LIBRARIES,
+};
+
+/// Where `cargo build` left llama.cpp's libraries and backend modules (from llama-cpp-sys-2, via build.rs).
+const BUILD_LIBRARY_DIR: &str = env!("STOVE_BUILD_LIBRARY_DIR");
+const BUILD_MODULE_DIR: &str = env!("STOVE_BUILD_MODULE_DIR");
+
+type EngineEntry = unsafe extern "C" fn(*const c_char) -> c_int;
+
+pub fn run() -> ExitCode {
+    match start() {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(message) => {
+            eprintln!("stove: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> Result<c_int, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable's own file: {e}"))?;
+    let launch = match open_archive(&exe)? {
+        Some((archive, index)) => placement::place(&exe, archive, &index)?,
+        None => from_build_directory(&exe)?,
+    };
+    run_engine(&launch)
+}
+
+/// The archive at the end of `exe` and its engine index; `None` for a launcher with no archive (a build).
+fn open_archive(exe: &Path) -> Result<Option<(zip::ZipArchive<File>, EngineIndex)>, String> {
+    let file = File::open(exe).map_err(|e| format!("cannot read {}: {e}", exe.display()))?;
+    let mut archive = match zip::ZipArchive::new(file) {
+        Ok(archive) => archive,
+        Err(_) if Path::new(exe).with_file_name(ENGINE_LIBRARY).exists() => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "{} is truncated or damaged: the archive holding its engine cannot be read ({e}). It was \
+                 probably copied incompletely; copy it again from the original",
+                exe.display()
+            ))
+        }
+    };
+    let mut json = Vec::new();
+    let read = archive.by_name(INDEX_ENTRY).map_err(|e| e.to_string()).and_then(|entry| {
+        entry.take(1 << 20).read_to_end(&mut json).map_err(|e| e.to_string())?;
+        serde_json::from_slice::<EngineIndex>(&json).map_err(|e| e.to_string())
+    });
+    let index = read.map_err(|e| {
+        format!(
+            "{} carries no usable engine ({INDEX_ENTRY}: {e}); it may come from an older stove or be damaged. \
+             Pack it again with this stove",
+            exe.display()
+        )
+    })?;
+    let target = env!("STOVE_TARGET");
+    if index.target != target {
+        return Err(format!(
+            "{} carries an engine for {}, but this launcher is for {target}; the file is damaged",
+            exe.display(),
+            index.target
+        ));
+    }
+    Ok(Some((archive, index)))
+}
+
+/// The engine files a `cargo build` left: `libstove.so` beside the launcher, llama.cpp's beside its build.
+fn from_build_directory(exe: &Path) -> Result<Launch, String> {
+    let library_dir = Path::new(BUILD_LIBRARY_DIR);
+    let mut files: Vec<PlacedFile> = LLAMA_LIBRARIES
+        .iter()
+        .map(|name| PlacedFile { name: name.to_string(), kind: FileKind::Library, path: library_dir.join(name) })
+        .collect();
+    files.push(PlacedFile {
+        name: ENGINE_LIBRARY.into(),
+        kind: FileKind::Engine,
+        path: exe.with_file_name(ENGINE_LIBRARY),
+    });
+    let mut modules: Vec<PathBuf> = std::fs::read_dir(BUILD_MODULE_DIR)
+        .map_err(|e| format!("cannot list the backend modules in {BUILD_MODULE_DIR}: {e}; build stove again"))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "so"))
+        .collect();
+    modules.sort();
+    for path in modules {
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        files.push(PlacedFile { name, kind: FileKind::Module, path });
+    }
+    if let Some(missing) = files.iter().find(|f| !f.path.exists()) {
+        return Err(format!("{} is missing; build stove again (`cargo build --release`)", missing.path.display()));
+    }
+    let launcher_len = std::fs::metadata(exe).map_err(|e| format!("cannot read {}: {e}", exe.display()))?.len();
+    Ok(Launch {
+        exe: exe.to_path_buf(),
+        launcher_len,
+        target: env!("STOVE_TARGET").into(),
+        placement: format!("build {}", library_dir.display()),
+        files,
+        cleanup: None,
+        notes: Vec::new(),
+    })
+}
+
+/// Loads llama.cpp's libraries and the engine, in order, and runs the engine. They stay loaded until exit.
+fn run_engine(launch: &Launch) -> Result<c_int, String> {
+    let mut engine = None;
+    for file in launch.files.iter().filter(|f| f.kind != FileKind::Module) {
+        // RTLD_GLOBAL, as if linked: what loads later (the engine, ggml's modules) finds these by SONAME.
+        // SAFETY: these are stove's own llama.cpp libraries and engine, built together; loading runs their
+        // initialisers, which only set up their own state.
+        let library =
+            unsafe { libloading::os::unix::Library::open(Some(&file.path), libc::RTLD_NOW | libc::RTLD_GLOBAL) }
+                .map_err(|e| format!("cannot load the engine's {} ({}): {e}", file.name, file.path.display()))?;
+        if file.kind == FileKind::Engine {
+            engine = Some(library);
+        } else {
+            // Never unloaded: everything after depends on it.
+            std::mem::forget(library);
+        }
+    }
+    let engine = engine.ok_or("the engine library is missing from the engine's files")?;
+    // SAFETY: `stove_main` is declared in lib.rs with exactly this signature.
+    let entry = unsafe { engine.get::<EngineEntry>(ENGINE_ENTRY) }
+        .map_err(|e| format!("the engine library has no entry point: {e}"))?;
+    let json = serde_json::to_string(launch).map_err(|e| e.to_string())?;
+    let json = CString::new(json).map_err(|_| "a path holds a NUL byte".to_string())?;
+    // SAFETY: a NUL-terminated string that outlives the call, which is the whole run of the engine.
+    let code = unsafe { entry(json.as_ptr()) };
+    // The engine's threads may still run until exit; its code must stay mapped.
+    std::mem::forget(engine);
+    Ok(code)
+}
