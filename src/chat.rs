@@ -11,6 +11,10 @@ use crate::engine::{ChatMessage, Engine, Event, Finish, Prompt, Request};
 use crate::serve::engine_config;
 
 pub fn run(source: &ModelSource, run: &RunArgs, args: &ChatArgs) -> Result<()> {
+    crate::hardware::backends::load(run.gpu).map_err(anyhow::Error::msg)?;
+    for line in crate::serve::engine_notes() {
+        eprintln!("{line}");
+    }
     let mut config = engine_config(run);
     // One person types here: one conversation, unless asked otherwise.
     config.parallel = config.parallel.or(Some(1));

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::SamplingParams;
+pub use crate::hardware::backends::GpuChoice;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,9 +83,12 @@ pub struct RunArgs {
     /// Tokens processed per step while reading the prompt
     #[arg(long, global = true, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
-    /// Layers to put on the GPU, when there is one (-1: all)
-    #[arg(long, global = true, default_value_t = -1, allow_negative_numbers = true)]
-    pub gpu_layers: i32,
+    /// Layers to put on the GPU, when there is one (-1: all) [default: as many as fit with the KV cache]
+    #[arg(long, global = true, allow_negative_numbers = true)]
+    pub gpu_layers: Option<i32>,
+    /// GPU backend: auto (CUDA when it finds a GPU, else Vulkan), none (CPU only), vulkan or cuda
+    #[arg(long, global = true, value_enum, default_value_t = GpuChoice::Auto, value_name = "BACKEND")]
+    pub gpu: GpuChoice,
     /// Read the weights into memory instead of mapping them from the file
     #[arg(long, global = true)]
     pub no_mmap: bool,
@@ -298,6 +302,8 @@ mod tests {
             "-n",
             "--max-queue",
             "--gpu-layers",
+            "--gpu",
+            "vulkan",
             "-1",
             "0",
             "99999999999",

@@ -19,6 +19,30 @@ pub struct GgufInfo {
     pub chat_template: Option<String>,
     /// Offset of the tensor data section from the start of the GGUF.
     pub data_offset: u64,
+    pub layout: ModelLayout,
+}
+
+/// What deciding how much of a model fits on a GPU needs: the weights of each layer (block) and the rest, and
+/// the attention shape that sets the KV cache's size.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelLayout {
+    /// Bytes of each repeating block's tensors (`blk.N.*`), by block.
+    pub layer_bytes: Vec<u64>,
+    /// Bytes of everything else: token embeddings, output norm and head.
+    pub other_bytes: u64,
+    /// Per token and layer, the KV cache's bytes at 16 bits a value (keys and values of every KV head).
+    pub kv_bytes_per_token_layer: u64,
+}
+
+impl ModelLayout {
+    pub fn weight_bytes(&self) -> u64 {
+        self.layer_bytes.iter().sum::<u64>() + self.other_bytes
+    }
+
+    /// The KV cache for `tokens` tokens over all layers.
+    pub fn kv_bytes(&self, tokens: u64) -> u64 {
+        self.kv_bytes_per_token_layer * self.layer_bytes.len() as u64 * tokens
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +134,20 @@ pub fn read_info<R: Read + Seek>(file: R, offset: u64, len: u64) -> Result<GgufI
     }
     // What llama.cpp would otherwise trust: every tensor's bytes lie inside the file, where its type says.
     let data_len = len - data_offset;
+    let mut layout = ModelLayout::default();
     for tensor in &tensors {
-        tensor.check(alignment, data_len)?;
+        let bytes = tensor.check(alignment, data_len)?;
+        let block = tensor.name.strip_prefix("blk.").and_then(|rest| rest.split('.').next()?.parse::<usize>().ok());
+        match block {
+            // Block numbers are bounded by the tensor count, itself bounded by the file's size.
+            Some(n) if n < tensors.len() => {
+                if layout.layer_bytes.len() <= n {
+                    layout.layer_bytes.resize(n + 1, 0);
+                }
+                layout.layer_bytes[n] += bytes;
+            }
+            _ => layout.other_bytes += bytes,
+        }
     }
 
     let text = |key: &str| match values.get(key) {
@@ -124,6 +160,19 @@ pub fn read_info<R: Read + Seek>(file: R, offset: u64, len: u64) -> Result<GgufI
         Some(Value::Int(n)) if *n > 0 => Some(*n as u64),
         _ => None,
     };
+    let number = |key: &str| match values.get(&format!("{architecture}.{key}")) {
+        Some(Value::Uint(n)) => Some(*n),
+        Some(Value::Int(n)) if *n > 0 => Some(*n as u64),
+        _ => None,
+    };
+    // Keys and values of every KV head, 2 bytes each. Head sizes default to the embedding split over the heads;
+    // models that give a per-layer head count (an array) count as having as many KV heads as query heads.
+    let heads = number("attention.head_count").unwrap_or(1).max(1);
+    let kv_heads = number("attention.head_count_kv").unwrap_or(heads);
+    let head_size = number("embedding_length").unwrap_or(0) / heads;
+    let key_size = number("attention.key_length").unwrap_or(head_size);
+    let value_size = number("attention.value_length").unwrap_or(head_size);
+    layout.kv_bytes_per_token_layer = kv_heads.saturating_mul(key_size.saturating_add(value_size)).saturating_mul(2);
     let quantization = match values.get("general.file_type") {
         Some(Value::Uint(t)) => file_type_name(*t),
         _ => "unknown".to_string(),
@@ -137,6 +186,7 @@ pub fn read_info<R: Read + Seek>(file: R, offset: u64, len: u64) -> Result<GgufI
         context_length,
         chat_template: text("tokenizer.chat_template"),
         data_offset,
+        layout,
     })
 }
 
@@ -201,7 +251,8 @@ struct TensorSpan {
 impl TensorSpan {
     /// Checks the tensor's type is one ggml knows, its rows hold whole blocks, and its bytes are aligned and
     /// end inside the data section (`data_len` bytes).
-    fn check(&self, alignment: u64, data_len: u64) -> Result<(), GgufError> {
+    /// Returns its size in bytes.
+    fn check(&self, alignment: u64, data_len: u64) -> Result<u64, GgufError> {
         let name = &self.name;
         let Some((block, block_bytes)) = crate::engine::tensor_type_layout(self.type_id) else {
             return Err(corrupt(format!(
@@ -221,8 +272,8 @@ impl TensorSpan {
         if !self.offset.is_multiple_of(alignment) {
             return Err(corrupt(format!("tensor {name:?} starts at {}, not a multiple of {alignment}", self.offset)));
         }
-        match end {
-            Some(end) if end <= data_len => Ok(()),
+        match (bytes, end) {
+            (Some(bytes), Some(end)) if end <= data_len => Ok(bytes),
             _ => Err(corrupt(format!(
                 "tensor {name:?} would end past the file's {data_len} bytes of tensor data; the file is cut short \
                  or its header is forged"

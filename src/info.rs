@@ -6,25 +6,33 @@ use anyhow::{Context, Result};
 
 use crate::bundle::{self, ModelSource};
 use crate::cli::InfoArgs;
-use crate::hardware::{self, human_bytes};
+use crate::engine::{DEFAULT_CONTEXT, DEFAULT_PARALLEL};
+use crate::gguf::GgufInfo;
+use crate::hardware::capacity::{self, Fit};
+use crate::hardware::{self, human_bytes, Hardware};
 
-pub fn run(args: &InfoArgs) -> Result<()> {
+pub fn run(args: &InfoArgs, gpu: crate::cli::GpuChoice) -> Result<()> {
+    hardware::backends::load(gpu).map_err(anyhow::Error::msg)?;
     let path = match &args.file {
         Some(path) => path.clone(),
         None => std::env::current_exe().context("while finding this executable")?,
     };
-    print_model(&path)?;
+    let model = print_model(&path)?;
     println!();
-    print_machine();
+    let hw = hardware::detect();
+    print_machine(&hw);
+    println!();
+    print_capacity(&hw, model.as_ref());
     Ok(())
 }
 
-fn print_model(path: &Path) -> Result<()> {
+/// Prints what the file holds; returns its model's header when it has one.
+fn print_model(path: &Path) -> Result<Option<(GgufInfo, u64)>> {
     let source = match bundle::open_model(path) {
         Ok(source) => source,
         Err(bundle::BundleError::NotAModel { .. }) => {
             println!("{}: no model packed in it (a bare stove engine, or not a stove file)", path.display());
-            return Ok(());
+            return Ok(None);
         }
         Err(e) => return Err(e.into()),
     };
@@ -54,11 +62,10 @@ fn print_model(path: &Path) -> Result<()> {
         None => println!("  context      unknown"),
     }
     println!("  chat template {}", if gguf.chat_template.is_some() { "yes" } else { "no (ChatML is used)" });
-    Ok(())
+    Ok(Some((gguf, span.len)))
 }
 
-fn print_machine() {
-    let hw = hardware::detect();
+fn print_machine(hw: &Hardware) {
     println!("this machine");
     println!("  cpu          {}", hw.cpu);
     println!("  features     {}", hw.cpu_features.join(" "));
@@ -75,7 +82,7 @@ fn print_machine() {
     for note in &launch.notes {
         println!("               {note}");
     }
-    let backends = hardware::backends::load();
+    let backends = hardware::backends::current();
     let variants: Vec<String> = backends
         .modules
         .iter()
@@ -96,4 +103,68 @@ fn print_machine() {
             if device.memory_total > 0 { format!(", {}", human_bytes(device.memory_total)) } else { String::new() };
         println!("  device       {} ({}: {}{memory})", device.name, device.backend, device.description);
     }
+}
+
+/// The GPU plan for this file's model at the default context, then what else would run here.
+fn print_capacity(hw: &Hardware, model: Option<&(GgufInfo, u64)>) {
+    let gpus: Vec<_> = hw.devices.iter().filter(|d| d.is_gpu()).cloned().collect();
+    let gpu_free: u64 = gpus.iter().map(|d| d.memory_free).sum();
+    let available = hw.memory_available.unwrap_or(0);
+    let bandwidth = capacity::memory_bandwidth(hw.physical_cores);
+    if let Some((gguf, size)) = model {
+        let context = gguf.context_length.map_or(u64::from(DEFAULT_CONTEXT), |c| c.min(u64::from(DEFAULT_CONTEXT)));
+        let plan = hardware::offload::plan(&gguf.layout, &gpus, u64::from(DEFAULT_PARALLEL), context, None);
+        println!("this model here ({DEFAULT_PARALLEL} conversations of {context} tokens)");
+        if !gpus.is_empty() {
+            println!("  gpu plan     {}", plan.describe());
+        }
+        let needed =
+            gguf.layout.weight_bytes().max(*size) + gguf.layout.kv_bytes(u64::from(DEFAULT_PARALLEL) * context);
+        let verdict = match capacity::fit(needed, *size, gpu_free, available, bandwidth) {
+            Fit::Gpu => "a good fit: it runs entirely on the GPU".to_string(),
+            Fit::Memory { tokens_per_second } if plan.layers > 0 => format!(
+                "partly on the GPU; in main memory alone about {tokens_per_second:.0} tokens/s for one conversation"
+            ),
+            Fit::Memory { tokens_per_second } => format!(
+                "a good fit for main memory ({} of {} available): about {tokens_per_second:.0} tokens/s for one conversation",
+                human_bytes(needed),
+                human_bytes(available)
+            ),
+            Fit::TooBig => format!(
+                "too big: it needs about {} and {} is available; use a smaller quantization or --ctx-size",
+                human_bytes(needed),
+                human_bytes(available)
+            ),
+        };
+        println!("  fit          {verdict}");
+        println!();
+    }
+
+    println!(
+        "what this machine can run ({} context; main memory {} available at {:.1} GB/s{})",
+        capacity::CONTEXT,
+        human_bytes(available),
+        bandwidth / 1e9,
+        if gpus.is_empty() { String::new() } else { format!(", GPUs {} free", human_bytes(gpu_free)) }
+    );
+    print!("  {:<6}", "size");
+    for (name, _) in capacity::QUANTIZATIONS {
+        print!(" {name:>14}");
+    }
+    println!();
+    for billions in capacity::SIZES {
+        print!("  {:<6}", format!("{billions}B"));
+        for (_, bits) in capacity::QUANTIZATIONS {
+            let bytes = capacity::footprint(billions, bits);
+            let weights = (billions * 1e9 * bits / 8.0) as u64;
+            let cell = match capacity::fit(bytes, weights, gpu_free, available, bandwidth) {
+                Fit::Gpu => "GPU".to_string(),
+                Fit::Memory { tokens_per_second } => format!("RAM ~{tokens_per_second:.0} t/s"),
+                Fit::TooBig => "-".to_string(),
+            };
+            print!(" {cell:>14}");
+        }
+        println!();
+    }
+    println!("  (t/s: tokens per second for one conversation, from memory bandwidth; a rough upper bound)");
 }

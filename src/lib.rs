@@ -59,7 +59,7 @@ fn main() -> u8 {
     }
     let result = match cli.command {
         Some(Command::Pack(ref pack_args)) => pack::run(pack_args, &cli.run),
-        Some(Command::Info(ref info_args)) => info::run(info_args),
+        Some(Command::Info(ref info_args)) => info::run(info_args, cli.run.gpu),
         Some(Command::Verify(ref verify_args)) => match verify::run(verify_args) {
             Ok(code) => return code,
             Err(e) => Err(e),

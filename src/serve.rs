@@ -48,6 +48,7 @@ pub fn engine_config(run: &RunArgs) -> EngineConfig {
 }
 
 pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
+    hardware::backends::load(run.gpu).map_err(anyhow::Error::msg)?;
     for line in engine_notes() {
         eprintln!("{line}");
     }
@@ -80,14 +81,19 @@ pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
             }
         }
         std::thread::spawn(move || match engine.wait_ready() {
-            Ok(runtime) => eprintln!(
-                "model ready in {:.1} s: {} conversations at once, {} tokens each, {} threads, CPU: {}",
-                runtime.load_seconds,
-                runtime.parallel,
-                runtime.context_size,
-                runtime.threads,
-                runtime.cpu_variant.as_deref().unwrap_or("built in")
-            ),
+            Ok(runtime) => {
+                eprintln!(
+                    "model ready in {:.1} s: {} conversations at once, {} tokens each, {} threads, CPU: {}",
+                    runtime.load_seconds,
+                    runtime.parallel,
+                    runtime.context_size,
+                    runtime.threads,
+                    runtime.cpu_variant.as_deref().unwrap_or("built in")
+                );
+                if let Some(gpu) = runtime.gpus.first() {
+                    eprintln!("GPU: {} ({}): {}", gpu.description, gpu.backend, runtime.offload.describe());
+                }
+            }
             Err(e) => {
                 eprintln!("stove: {e}");
                 std::process::exit(1);
@@ -101,7 +107,7 @@ pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
 /// module this file carries is not used here (one line each; the CPU path runs regardless).
 pub fn engine_notes() -> Vec<String> {
     let mut lines = crate::launch().notes.clone();
-    for module in hardware::backends::load().unused_gpu_modules() {
+    for module in hardware::backends::current().unused_gpu_modules() {
         lines.push(format!("{}: not used: {}", module.name, module.reason.as_deref().unwrap_or("unknown")));
     }
     lines

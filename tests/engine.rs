@@ -180,6 +180,32 @@ fn engine_files_need_no_c_plus_plus_runtime_openmp_or_openssl() {
     }
 }
 
+#[test]
+fn info_says_whether_the_model_fits_and_what_else_this_machine_can_run() {
+    let info = info(&[]);
+    assert!(info.contains("this model here (4 conversations of 4096 tokens)"), "{info}");
+    assert!(info.contains("a good fit for main memory"), "{info}");
+    let table = info.split("what this machine can run").nth(1).expect("the capacity table");
+    // A 0.5B model at Q4_K_M fits in any machine that runs the tests; a 70B one at Q8_0 needs 80 GB.
+    let row = |size: &str| table.lines().find(|l| l.trim_start().starts_with(size)).unwrap().to_string();
+    assert!(row("0.5B").contains("RAM ~"), "{table}");
+    assert!(row("70B").split_whitespace().nth(1) == Some("-") || row("70B").contains("GPU"), "{table}");
+}
+
+#[test]
+fn a_gpu_backend_the_file_does_not_carry_is_a_clear_error_and_none_runs_on_the_cpu() {
+    // CI builds no CUDA module, so no bundle it packs carries one.
+    let output = Command::new(bundle()).args(["info", "--gpu", "cuda"]).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("--gpu cuda: this stove file carries no cuda module"), "{}", stderr(&output));
+
+    let output = Command::new(bundle()).args(["info", "--gpu", "none"]).stdin(Stdio::null()).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    for line in stdout(&output).lines().filter(|l| l.trim_start().starts_with("vulkan")) {
+        assert!(line.contains("not used: --gpu none"), "{line}");
+    }
+}
+
 fn read_dir(dir: &Path) -> Vec<PathBuf> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     entries.sort();

@@ -16,6 +16,7 @@ mod sampling;
 mod slot;
 pub mod text;
 mod worker;
+pub use worker::{DEFAULT_CONTEXT, DEFAULT_PARALLEL};
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
@@ -52,7 +53,8 @@ pub struct EngineConfig {
     pub max_queue: usize,
     pub threads: usize,
     pub batch_size: u32,
-    pub gpu_layers: i32,
+    /// `--gpu-layers`; `None` plans from the GPUs' free memory.
+    pub gpu_layers: Option<i32>,
     pub use_mmap: bool,
     pub system_prompt: Option<String>,
 }
@@ -87,6 +89,8 @@ pub struct Runtime {
     pub layers: u32,
     pub gpu_layers: u32,
     pub gpus: Vec<hardware::Device>,
+    /// How the layers were split between the GPUs and the CPU, and why.
+    pub offload: hardware::offload::OffloadPlan,
 }
 
 #[derive(Debug, Clone)]
@@ -378,7 +382,7 @@ pub fn set_logging(verbose: bool) {
 
 /// Starts llama.cpp once per process, after choosing its backends.
 fn init_backend() -> Result<LlamaBackend, String> {
-    crate::hardware::backends::load();
+    crate::hardware::backends::current();
     LlamaBackend::init().map_err(|e| format!("cannot start llama.cpp: {e}"))
 }
 

@@ -20,6 +20,7 @@ use super::{
     ffi, init_backend, page_in, EmbedJob, Embeddings, EngineConfig, EngineError, LoadState, Runtime, Status, Work,
 };
 use crate::bundle::ModelSpan;
+use crate::gguf::ModelLayout;
 use crate::hardware;
 
 /// Context per conversation when neither the command line nor the bundle sets one (capped at the trained
@@ -48,20 +49,33 @@ impl Worker {
         let (span, config) = (&self.span, &self.config);
         let started = Instant::now();
         let backend = init_backend()?;
+        let info = span.read_info().map_err(|e| e.to_string())?;
         page_in(span, &|permille| self.status.set(LoadState::Loading { permille }))
             .map_err(|e| format!("cannot read the model from {}: {e}", span.path.display()))?;
-        let model = ffi::load_model_at(&backend, &span.path, span.offset, config.use_mmap, config.gpu_layers)
-            .map_err(|e| e.to_string())?;
-        let model = Arc::new(model);
-        self.status.set(LoadState::Loading { permille: 950 });
 
-        let trained = model.n_ctx_train().max(1);
+        // The context and the number of conversations come first: the KV cache they need decides how many
+        // layers fit on a GPU.
+        let trained = info.context_length.unwrap_or(u64::from(DEFAULT_CONTEXT));
+        let trained = u32::try_from(trained).unwrap_or(u32::MAX).max(1);
         let context_size = match config.ctx_size {
             None => DEFAULT_CONTEXT.min(trained),
             Some(0) => trained,
             Some(n) => n,
         };
-        let parallel = config.parallel.unwrap_or_else(|| default_parallel(&model, context_size)).max(1);
+        let parallel = config.parallel.unwrap_or_else(|| default_parallel(&info.layout, context_size)).max(1);
+        let gpus: Vec<_> = hardware::devices().into_iter().filter(hardware::Device::is_gpu).collect();
+        let offload = hardware::offload::plan(
+            &info.layout,
+            &gpus,
+            u64::from(parallel),
+            u64::from(context_size),
+            config.gpu_layers,
+        );
+        let model = ffi::load_model_at(&backend, &span.path, span.offset, config.use_mmap, offload.n_gpu_layers())
+            .map_err(|e| e.to_string())?;
+        let model = Arc::new(model);
+        self.status.set(LoadState::Loading { permille: 950 });
+
         let threads = i32::try_from(config.threads.max(1)).unwrap_or(i32::MAX);
         // Every busy slot puts one token in each step's batch, so the batch holds at least one per slot.
         let batch_size = config.batch_size.max(parallel);
@@ -88,25 +102,20 @@ impl Worker {
             system_prompt: config.system_prompt.clone(),
             context_size: slot_context,
         });
-        let gpus: Vec<_> = hardware::devices().into_iter().filter(hardware::Device::is_gpu).collect();
         let layers = model.n_layer();
-        // llama.cpp offloads the first `--gpu-layers` layers (all for -1) when there is a GPU to take them.
-        let gpu_layers = match u32::try_from(config.gpu_layers) {
-            _ if gpus.is_empty() => 0,
-            Ok(n) => n.min(layers),
-            Err(_) => layers,
-        };
+        let gpu_layers = offload.layers.min(layers);
         self.status.set(LoadState::Ready(Runtime {
             context_size: slot_context,
             parallel,
             threads: config.threads,
             mmap: config.use_mmap,
             load_seconds: started.elapsed().as_secs_f64(),
-            cpu_variant: hardware::backends::load().cpu_variant.clone(),
+            cpu_variant: hardware::backends::current().cpu_variant.clone(),
             cpu_features: hardware::cpu_backend_features(&ffi::system_info()),
             layers,
             gpu_layers,
             gpus,
+            offload,
         }));
 
         let batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
@@ -130,11 +139,8 @@ impl Worker {
 
 /// Up to [`DEFAULT_PARALLEL`] slots, fewer when their KV cache would take more than a quarter of the memory
 /// that is free once the model is loaded.
-fn default_parallel(model: &LlamaModel, context_size: u32) -> u32 {
-    let head_dim = u64::from(model.n_embd().max(1) as u32) / u64::from(model.n_head().max(1));
-    // Keys and values, 16 bits each, for every layer's KV heads.
-    let per_token = 2 * 2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim;
-    let per_slot = per_token * u64::from(context_size);
+fn default_parallel(layout: &ModelLayout, context_size: u32) -> u32 {
+    let per_slot = layout.kv_bytes(u64::from(context_size));
     let Some(available) = hardware::available_memory() else { return DEFAULT_PARALLEL };
     let parallel = (available / 4 / per_slot.max(1)).clamp(1, u64::from(DEFAULT_PARALLEL)) as u32;
     if parallel < DEFAULT_PARALLEL {

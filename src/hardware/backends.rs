@@ -14,6 +14,29 @@ use serde::Serialize;
 
 use crate::launch::PlacedFile;
 
+/// `--gpu`: which GPU backend may be loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum GpuChoice {
+    /// CUDA when it finds a GPU (it is faster on NVIDIA), else Vulkan; never both for the same GPU.
+    #[default]
+    Auto,
+    /// The CPU only.
+    None,
+    Vulkan,
+    Cuda,
+}
+
+impl GpuChoice {
+    fn allows(self, module: &str) -> bool {
+        match self {
+            GpuChoice::Auto => true,
+            GpuChoice::None => false,
+            GpuChoice::Vulkan => module == "vulkan",
+            GpuChoice::Cuda => module == "cuda",
+        }
+    }
+}
+
 /// What was loaded, and why each module that was not is not.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Backends {
@@ -43,21 +66,48 @@ impl Backends {
 
 static LOADED: OnceLock<Backends> = OnceLock::new();
 
-/// Loads the best CPU variant and the usable GPU backends on the first call; later calls return the same.
-pub fn load() -> &'static Backends {
-    LOADED.get_or_init(|| {
+/// Loads the best CPU variant and the GPU backends `gpu` allows and this machine can run, once per process.
+/// A GPU backend named explicitly (`--gpu vulkan`) that cannot be used is an error naming why.
+pub fn load(gpu: GpuChoice) -> Result<&'static Backends, String> {
+    let backends = LOADED.get_or_init(|| load_with(gpu));
+    let wanted = match gpu {
+        GpuChoice::Vulkan => "vulkan",
+        GpuChoice::Cuda => "cuda",
+        GpuChoice::Auto | GpuChoice::None => return Ok(backends),
+    };
+    match backends.modules.iter().find(|m| m.name == wanted) {
+        Some(module) if module.loaded => Ok(backends),
+        Some(module) => Err(format!(
+            "--gpu {wanted}: cannot be used here: {}. Start with --gpu auto or --gpu none",
+            module.reason.as_deref().unwrap_or("unknown")
+        )),
+        None => Err(format!(
+            "--gpu {wanted}: this stove file carries no {wanted} module. Start with --gpu auto or --gpu none, or \
+             pack with an engine built with it"
+        )),
+    }
+}
+
+/// The backends loaded at start (by `load` with the person's `--gpu`), or, if nothing loaded them yet,
+/// loaded now with `--gpu auto`.
+pub fn current() -> &'static Backends {
+    LOADED.get_or_init(|| load_with(GpuChoice::Auto))
+}
+
+fn load_with(gpu: GpuChoice) -> Backends {
+    {
         let launch = crate::launch();
-        let backends = load_modules(launch.modules());
+        let backends = load_modules(launch.modules(), gpu);
         // The modules are mapped now; a temporary copy of them is no longer needed.
         if let Some(dir) = &launch.cleanup {
             let _ = std::fs::remove_dir_all(dir);
         }
         release_unused(&launch.files, &backends);
         backends
-    })
+    }
 }
 
-fn load_modules<'a>(modules: impl Iterator<Item = &'a PlacedFile>) -> Backends {
+fn load_modules<'a>(modules: impl Iterator<Item = &'a PlacedFile>, gpu: GpuChoice) -> Backends {
     let mut backends = Backends::default();
     let mut best: Option<(i32, &Path, String)> = None;
     let mut gpu_modules = Vec::new();
@@ -81,7 +131,7 @@ fn load_modules<'a>(modules: impl Iterator<Item = &'a PlacedFile>) -> Backends {
     }
     if let Some((_, path, name)) = best {
         match register(path) {
-            Ok(()) => {
+            Ok(_) => {
                 for state in backends.modules.iter_mut().filter(|m| m.name == name) {
                     state.loaded = true;
                 }
@@ -94,16 +144,31 @@ fn load_modules<'a>(modules: impl Iterator<Item = &'a PlacedFile>) -> Backends {
             }
         }
     }
+    // CUDA first: on an NVIDIA GPU it is the faster of the two, and Vulkan would list the same GPU again.
+    gpu_modules.sort_by_key(|(name, _)| name != "cuda");
+    let mut gpu_in_use: Option<String> = None;
     for (name, path) in gpu_modules {
-        // Loading fails right away when the module's runtime (libvulkan.so.1, libcuda.so.1) is not installed;
-        // that is the everyday case on machines without that GPU, not an error.
-        let state = match score(path) {
-            Err(reason) => ModuleState { name, loaded: false, score: None, reason: Some(reason) },
-            Ok(0) => ModuleState { name, loaded: false, score: Some(0), reason: Some("no usable device".into()) },
-            Ok(_) => match register(path) {
-                Ok(()) => ModuleState { name, loaded: true, score: None, reason: None },
-                Err(reason) => ModuleState { name, loaded: false, score: None, reason: Some(reason) },
-            },
+        let not_used =
+            |reason: String| ModuleState { name: name.clone(), loaded: false, score: None, reason: Some(reason) };
+        let state = if !gpu.allows(&name) {
+            not_used(format!("--gpu {}", format!("{gpu:?}").to_lowercase()))
+        } else if let (GpuChoice::Auto, Some(other)) = (gpu, &gpu_in_use) {
+            not_used(format!("{other} is used for the GPU"))
+        } else {
+            // Loading fails right away when the module's driver library (libvulkan.so.1, libcuda.so.1) is not
+            // installed; that is the everyday case on machines without that GPU, not an error.
+            match score(path) {
+                Err(reason) => not_used(reason),
+                Ok(0) => not_used("no usable device".into()),
+                Ok(_) => match register(path) {
+                    Ok(0) => not_used("it found no GPU".into()),
+                    Ok(_) => {
+                        gpu_in_use = Some(name.clone());
+                        ModuleState { name: name.clone(), loaded: true, score: None, reason: None }
+                    }
+                    Err(reason) => not_used(reason),
+                },
+            }
         };
         backends.modules.push(state);
     }
@@ -155,15 +220,16 @@ fn why_not_loadable(loader_message: &str) -> String {
     }
 }
 
-/// Registers a module with ggml, so llama.cpp lists its devices.
-fn register(path: &Path) -> Result<(), String> {
+/// Registers a module with ggml, so llama.cpp lists its devices; returns how many devices it has.
+fn register(path: &Path) -> Result<usize, String> {
     let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "a NUL byte in the path".to_string())?;
     // SAFETY: a NUL-terminated path that outlives the call; ggml keeps the module loaded until exit.
     let registered = unsafe { llama_cpp_sys_2::ggml_backend_load(c_path.as_ptr()) };
     if registered.is_null() {
         return Err("ggml could not initialise it (run with --verbose to see why)".into());
     }
-    Ok(())
+    // SAFETY: a registry ggml just returned, valid until exit.
+    Ok(unsafe { llama_cpp_sys_2::ggml_backend_reg_dev_count(registered) })
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! What this machine has: cores, memory, CPU features and the devices llama.cpp can use.
 
 pub mod backends;
+pub mod capacity;
+pub mod offload;
 
 use serde::Serialize;
 
@@ -55,7 +57,7 @@ pub fn detect() -> Hardware {
 /// The devices llama.cpp's loaded backends offer, the CPU included.
 pub fn devices() -> Vec<Device> {
     use llama_cpp_2::LlamaBackendDeviceType as Type;
-    backends::load();
+    backends::current();
     llama_cpp_2::list_llama_ggml_backend_devices()
         .into_iter()
         .map(|d| Device {
