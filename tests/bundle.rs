@@ -78,6 +78,51 @@ fn packing_onto_a_bundle_replaces_its_payload() {
 }
 
 #[test]
+fn an_engine_only_file_runs_on_its_own_and_packs_models_elsewhere() {
+    // The engine alone, as one carries it or builds it for another system.
+    let engine = scratch().join("stove-engine");
+    let output = run(&["pack", "--engine-only", "-o", engine.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("x86_64-unknown-linux-gnu engine"));
+    let archive = zip::ZipArchive::new(fs::File::open(&engine).unwrap()).unwrap();
+    assert!(archive.file_names().all(|n| n.as_ref().unwrap().starts_with("engine/")), "no model, no page");
+
+    // It starts from where it lies (not the build folder), and says it holds no model.
+    let started = std::process::Command::new(&engine).arg("--no-browser").output().unwrap();
+    assert!(stderr(&started).contains("holds no model"), "{}", stderr(&started));
+    let info = std::process::Command::new(&engine).arg("info").output().unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains("loaded from memory"), "{}", stderr(&info));
+
+    // Another stove packs a model with it, and the bundle is whole and answers.
+    let packed = scratch().join("with-carried-engine.stove");
+    pack(&packed, &["--engine", engine.to_str().unwrap()]);
+    let verified = run(&["verify", packed.to_str().unwrap()]);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
+    let answer = std::process::Command::new(&packed)
+        .args(["chat", "--temperature", "0", "--max-tokens", "8", "-p", "What is the capital of France?"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer.stdout).contains("Paris"), "{}", stderr(&answer));
+
+    // A file with no engine files is refused with the reason.
+    let not_engine = scratch().join("notes.txt");
+    fs::write(&not_engine, "hello").unwrap();
+    let never = scratch().join("never-packed.stove");
+    let refused = run(&[
+        "pack",
+        "--engine",
+        not_engine.to_str().unwrap(),
+        "--model",
+        model().to_str().unwrap(),
+        "-o",
+        never.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("is not a stove file with an engine"), "{}", stderr(&refused));
+    assert!(!never.exists());
+}
+
+#[test]
 fn a_truncated_copy_fails_clearly_instead_of_crashing() {
     let bytes = fs::read(bundle()).unwrap();
     for (name, keep) in [("half", bytes.len() / 2), ("tail", bytes.len() - 10), ("head", 12 << 20)] {

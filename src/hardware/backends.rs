@@ -95,16 +95,14 @@ pub fn current() -> &'static Backends {
 }
 
 fn load_with(gpu: GpuChoice) -> Backends {
-    {
-        let launch = crate::launch();
-        let backends = load_modules(launch.modules(), gpu);
-        // The modules are mapped now; a temporary copy of them is no longer needed.
-        if let Some(dir) = &launch.cleanup {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        release_unused(&launch.files, &backends);
-        backends
+    let launch = crate::launch();
+    let backends = load_modules(launch.modules(), gpu);
+    // The modules are mapped now; a temporary copy of them is no longer needed.
+    if let Some(dir) = &launch.cleanup {
+        let _ = std::fs::remove_dir_all(dir);
     }
+    release_unused(&launch.files, &backends);
+    backends
 }
 
 fn load_modules<'a>(modules: impl Iterator<Item = &'a PlacedFile>, gpu: GpuChoice) -> Backends {
