@@ -45,11 +45,11 @@ pub fn fit(bytes: u64, weights: u64, gpu_free: u64, memory_available: u64, bandw
     }
 }
 
-/// Main memory's read bandwidth with every core reading, in bytes per second: how fast the CPU can stream
-/// weights. Reads 64 MiB per thread twice and keeps the faster pass (~0.1 s).
+/// Main memory's read bandwidth with up to 8 cores reading (more add little), in bytes per second: how fast the
+/// CPU can stream weights. Reads 32 MiB per thread twice and keeps the faster pass (well under 0.1 s).
 pub fn memory_bandwidth(threads: usize) -> f64 {
-    const PER_THREAD: usize = 64 << 20;
-    let threads = threads.max(1);
+    const PER_THREAD: usize = 32 << 20;
+    let threads = threads.clamp(1, 8);
     let buffers: Vec<Vec<u64>> = (0..threads).map(|i| vec![i as u64 + 1; PER_THREAD / 8]).collect();
     let mut best = f64::MAX;
     for _ in 0..2 {

@@ -49,11 +49,12 @@ fn open_archive(exe: &Path) -> Result<Option<(zip::ZipArchive<File>, EngineIndex
     let file = File::open(exe).map_err(|e| format!("cannot read {}: {e}", exe.display()))?;
     let mut archive = match zip::ZipArchive::new(file) {
         Ok(archive) => archive,
-        Err(_) if Path::new(exe).with_file_name(ENGINE_LIBRARY).exists() => return Ok(None),
+        Err(_) if exe.with_file_name(ENGINE_LIBRARY).exists() => return Ok(None),
         Err(e) => {
             return Err(format!(
                 "{} is truncated or damaged: the archive holding its engine cannot be read ({e}). It was \
-                 probably copied incompletely; copy it again from the original",
+                 probably copied incompletely; copy it again from the original. (A stove built from source runs \
+                 only beside its libstove.so; `stove pack --engine-only -o FILE` makes one that runs anywhere.)",
                 exe.display()
             ))
         }
