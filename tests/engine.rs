@@ -206,6 +206,83 @@ fn a_gpu_backend_the_file_does_not_carry_is_a_clear_error_and_none_runs_on_the_c
     }
 }
 
+/// A GPU module whose driver library this machine lacks (as `libggml-vulkan.so` without `libvulkan.so.1`): the
+/// same file starts, says in one line which library is missing, and answers on the CPU. The module is a stand-in
+/// built here, because the real ones need a GPU toolchain: it needs a driver library that exists nowhere.
+#[test]
+fn a_gpu_module_without_its_driver_is_skipped_with_one_line_and_the_cpu_answers() {
+    let dir = scratch().join("stand-in gpu");
+    std::fs::create_dir_all(&dir).unwrap();
+    let compile = |source: &str, out: &Path, extra: &[&str]| {
+        let c = dir.join("source.c");
+        std::fs::write(&c, source).unwrap();
+        let status = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(out).arg(&c).args(extra).status();
+        assert!(status.expect("a C compiler (cc)").success());
+    };
+    let driver = dir.join("libstove-test-driver.so.1");
+    compile("int stove_test_driver(void) { return 1; }", &driver, &["-Wl,-soname,libstove-test-driver.so.1"]);
+    let module = dir.join("libggml-testgpu.so");
+    compile(
+        "extern int stove_test_driver(void); int ggml_backend_score(void) { return stove_test_driver(); }",
+        &module,
+        &[driver.to_str().unwrap()],
+    );
+    std::fs::remove_file(&driver).unwrap();
+
+    // This stove's engine with the module added to its files and its index.
+    let base = dir.join("engine");
+    assert!(common::run(&["pack", "--engine-only", "-o", base.to_str().unwrap()]).status.success());
+    let with_module = dir.join("engine-with-gpu-module");
+    add_engine_file(&base, &with_module, "libggml-testgpu.so", &std::fs::read(&module).unwrap());
+    let bundle = dir.join("with-gpu-module.stove");
+    common::pack(&bundle, &["--engine", with_module.to_str().unwrap()]);
+
+    let info = Command::new(&bundle).arg("info").output().unwrap();
+    assert!(
+        stdout(&info).contains("testgpu      not used: libstove-test-driver.so.1 is not installed"),
+        "{}",
+        stdout(&info)
+    );
+    let server = Server::start(&bundle, &[]);
+    let (status, answer) = server.chat(serde_json::json!({
+        "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 12, "temperature": 0
+    }));
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["choices"][0]["message"]["content"].as_str().unwrap().contains("Paris"), "{answer}");
+    let log = server.stop();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("testgpu")).collect();
+    assert_eq!(lines, ["testgpu: not used: libstove-test-driver.so.1 is not installed"], "{log}");
+}
+
+/// Copies the engine-only stove file `from` to `to` with one more module in its archive and its index.
+fn add_engine_file(from: &Path, to: &Path, name: &str, data: &[u8]) {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(from).unwrap()).unwrap();
+    let mut index: serde_json::Value = serde_json::from_reader(archive.by_name("engine/index.json").unwrap()).unwrap();
+    let launcher_len = index["launcher_len"].as_u64().unwrap();
+    let mut out = std::fs::File::create(to).unwrap();
+    std::io::copy(&mut std::fs::File::open(from).unwrap().take(launcher_len), &mut out).unwrap();
+    let mut zip = zip::ZipWriter::new(out);
+    for i in 0..archive.len() {
+        let entry = archive.by_index_raw(i).unwrap();
+        if entry.name().unwrap() != "engine/index.json" {
+            zip.raw_copy_file(entry).unwrap();
+        }
+    }
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file(format!("engine/{name}"), stored).unwrap();
+    zip.write_all(data).unwrap();
+    let sha256: String = Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
+    index["files"].as_array_mut().unwrap().push(serde_json::json!({
+        "name": name, "kind": "module", "size": data.len(), "sha256": sha256
+    }));
+    zip.start_file("engine/index.json", stored).unwrap();
+    zip.write_all(&serde_json::to_vec_pretty(&index).unwrap()).unwrap();
+    zip.finish().unwrap();
+    std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
 fn read_dir(dir: &Path) -> Vec<PathBuf> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     entries.sort();
