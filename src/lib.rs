@@ -47,12 +47,30 @@ pub unsafe extern "C" fn stove_main(launch_json: *const c_char) -> c_int {
     };
     let _ = LAUNCH.set(launch);
     // A panic must not unwind into the launcher's frames, which were built by another copy of Rust's runtime.
-    std::panic::catch_unwind(main).map_or(101, c_int::from)
+    let code = std::panic::catch_unwind(main).map_or(101, c_int::from);
+    // The launcher ends the process without the usual exit steps, and this library's standard output is its own.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    code
+}
+
+/// Ends the process from inside the engine as the launcher does after it returns: output flushed, without the C++
+/// static destructors of the engine's libraries (see `launcher::end_after_engine` for why).
+pub(crate) fn exit_now(code: i32) -> ! {
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let _ = std::io::Write::flush(&mut std::io::stderr());
+    // SAFETY: ends the process at once; nothing this process wrote is left unflushed.
+    unsafe { libc::_exit(code) }
+}
+
+/// `--help`, `--version` and bad arguments: clap's text, then the end of the process.
+fn usage_error(error: clap::Error) -> ! {
+    let _ = error.print();
+    exit_now(error.exit_code())
 }
 
 fn main() -> u8 {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let cli = Cli::parse_with_defaults(&[], &args).unwrap_or_else(|e| e.exit());
+    let cli = Cli::parse_with_defaults(&[], &args).unwrap_or_else(|e| usage_error(e));
     engine::set_logging(cli.run.verbose);
     if matches!(cli.command, Some(Command::Info(_) | Command::Verify(_) | Command::Keygen(_))) {
         quit_quietly_on_closed_pipe();
@@ -67,7 +85,7 @@ fn main() -> u8 {
         Some(Command::Keygen(ref keygen_args)) => signing::run(keygen_args),
         _ => serve::model_source(&cli.run).and_then(|(source, defaults)| {
             // A bundle's default arguments go before the user's, so the user's win.
-            let cli = Cli::parse_with_defaults(&defaults, &args).unwrap_or_else(|e| e.exit());
+            let cli = Cli::parse_with_defaults(&defaults, &args).unwrap_or_else(|e| usage_error(e));
             verify::before_start(&source, &cli.run)?;
             match cli.command {
                 Some(Command::Chat(chat_args)) => chat::run(&source, &cli.run, &chat_args),

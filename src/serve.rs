@@ -96,7 +96,7 @@ pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
             }
             Err(e) => {
                 eprintln!("stove: {e}");
-                std::process::exit(1);
+                crate::exit_now(1);
             }
         });
         server::serve(listener, state).await

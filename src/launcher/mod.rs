@@ -27,12 +27,24 @@ type EngineEntry = unsafe extern "C" fn(*const c_char) -> c_int;
 
 pub fn run() -> ExitCode {
     match start() {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Ok(code) => end_after_engine(code),
         Err(message) => {
             eprintln!("stove: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Ends the process once the engine has returned, without running the C++ static destructors of the engine's
+/// libraries: each carries its own hidden C++ runtime, and tearing those down in exit's order is undefined
+/// (on aarch64 a `std::regex` in libllama freed its locale into another runtime's heap and aborted). Nothing
+/// needs them: the engine has flushed and closed what it wrote before returning.
+fn end_after_engine(code: c_int) -> ExitCode {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit ends the process at once; every file this process wrote is already closed or synced.
+    unsafe { libc::_exit(code) }
 }
 
 fn start() -> Result<c_int, String> {
