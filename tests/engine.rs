@@ -186,10 +186,18 @@ fn info_says_whether_the_model_fits_and_what_else_this_machine_can_run() {
     assert!(info.contains("this model here (4 conversations of 4096 tokens)"), "{info}");
     assert!(info.contains("a good fit for main memory"), "{info}");
     let table = info.split("what this machine can run").nth(1).expect("the capacity table");
-    // A 0.5B model at Q4_K_M fits in any machine that runs the tests; a 70B one at Q8_0 needs 80 GB.
+    // A 0.5B model fits in any machine that runs the tests; a 70B one at Q8_0 needs about 90 GB.
     let row = |size: &str| table.lines().find(|l| l.trim_start().starts_with(size)).unwrap().to_string();
     assert!(row("0.5B").contains("RAM ~"), "{table}");
-    assert!(row("70B").split_whitespace().nth(1) == Some("-") || row("70B").contains("GPU"), "{table}");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let available_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    if available_kib < 80 << 20 {
+        assert_eq!(row("70B").split_whitespace().nth(1), Some("-"), "{table}");
+    }
 }
 
 #[test]
