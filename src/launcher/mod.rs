@@ -61,7 +61,7 @@ fn open_archive(exe: &Path) -> Result<Option<(zip::ZipArchive<File>, EngineIndex
     let file = File::open(exe).map_err(|e| format!("cannot read {}: {e}", exe.display()))?;
     let mut archive = match zip::ZipArchive::new(file) {
         Ok(archive) => archive,
-        Err(_) if exe.with_file_name(ENGINE_LIBRARY).exists() => return Ok(None),
+        Err(_) if built_engine_library(exe).is_some() => return Ok(None),
         Err(e) => {
             return Err(format!(
                 "{} is truncated or damaged: the archive holding its engine cannot be read ({e}). It was \
@@ -101,11 +101,9 @@ fn from_build_directory(exe: &Path) -> Result<Launch, String> {
         .iter()
         .map(|name| PlacedFile { name: name.to_string(), kind: FileKind::Library, path: library_dir.join(name) })
         .collect();
-    files.push(PlacedFile {
-        name: ENGINE_LIBRARY.into(),
-        kind: FileKind::Engine,
-        path: exe.with_file_name(ENGINE_LIBRARY),
-    });
+    let engine =
+        built_engine_library(exe).ok_or("libstove.so is missing; build stove again (`cargo build --release`)")?;
+    files.push(PlacedFile { name: ENGINE_LIBRARY.into(), kind: FileKind::Engine, path: engine });
     let mut modules: Vec<PathBuf> = std::fs::read_dir(BUILD_MODULE_DIR)
         .map_err(|e| format!("cannot list the backend modules in {BUILD_MODULE_DIR}: {e}; build stove again"))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -129,6 +127,15 @@ fn from_build_directory(exe: &Path) -> Result<Launch, String> {
         cleanup: None,
         notes: Vec::new(),
     })
+}
+
+/// The `libstove.so` of the build this launcher belongs to: `cargo build` puts it beside the launcher, `cargo test`
+/// leaves it in `deps/` (Cargo copies up only what was asked for), so the newer of the two.
+fn built_engine_library(exe: &Path) -> Option<PathBuf> {
+    let beside = exe.with_file_name(ENGINE_LIBRARY);
+    let in_deps = exe.parent()?.join("deps").join(ENGINE_LIBRARY);
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    [beside, in_deps].into_iter().filter_map(|path| Some((modified(&path)?, path))).max().map(|(_, path)| path)
 }
 
 /// Loads llama.cpp's libraries and the engine, in order, and runs the engine. They stay loaded until exit.
