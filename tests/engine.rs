@@ -281,7 +281,7 @@ fn add_engine_file(from: &Path, to: &Path, name: &str, data: &[u8]) {
     let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file(format!("engine/{name}"), stored).unwrap();
     zip.write_all(data).unwrap();
-    let sha256: String = Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = common::hex(&Sha256::digest(data));
     index["files"].as_array_mut().unwrap().push(serde_json::json!({
         "name": name, "kind": "module", "size": data.len(), "sha256": sha256
     }));

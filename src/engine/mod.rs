@@ -286,6 +286,8 @@ impl Engine {
         let metrics = Arc::new(Metrics::default());
         let worker = worker::Worker {
             span,
+            layout: gguf.layout,
+            trained_context: gguf.context_length,
             config,
             status: Arc::clone(&status),
             prompter: Arc::clone(&prompter),

@@ -31,6 +31,9 @@ pub const DEFAULT_PARALLEL: u32 = 4;
 
 pub(super) struct Worker {
     pub span: ModelSpan,
+    /// From the GGUF header `Engine::start` read: what the context and GPU plan are sized from.
+    pub layout: ModelLayout,
+    pub trained_context: Option<u64>,
     pub config: EngineConfig,
     pub status: Arc<Status>,
     pub prompter: Arc<OnceLock<Prompter>>,
@@ -49,23 +52,22 @@ impl Worker {
         let (span, config) = (&self.span, &self.config);
         let started = Instant::now();
         let backend = init_backend()?;
-        let info = span.read_info().map_err(|e| e.to_string())?;
         page_in(span, &|permille| self.status.set(LoadState::Loading { permille }))
             .map_err(|e| format!("cannot read the model from {}: {e}", span.path.display()))?;
 
         // The context and the number of conversations come first: the KV cache they need decides how many
         // layers fit on a GPU.
-        let trained = info.context_length.unwrap_or(u64::from(DEFAULT_CONTEXT));
+        let trained = self.trained_context.unwrap_or(u64::from(DEFAULT_CONTEXT));
         let trained = u32::try_from(trained).unwrap_or(u32::MAX).max(1);
         let context_size = match config.ctx_size {
             None => DEFAULT_CONTEXT.min(trained),
             Some(0) => trained,
             Some(n) => n,
         };
-        let parallel = config.parallel.unwrap_or_else(|| default_parallel(&info.layout, context_size)).max(1);
+        let parallel = config.parallel.unwrap_or_else(|| default_parallel(&self.layout, context_size)).max(1);
         let gpus: Vec<_> = hardware::devices().into_iter().filter(hardware::Device::is_gpu).collect();
         let offload = hardware::offload::plan(
-            &info.layout,
+            &self.layout,
             &gpus,
             u64::from(parallel),
             u64::from(context_size),

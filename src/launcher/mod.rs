@@ -50,14 +50,17 @@ fn end_after_engine(code: c_int) -> ExitCode {
 fn start() -> Result<c_int, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable's own file: {e}"))?;
     let launch = match open_archive(&exe)? {
-        Some((archive, index)) => placement::place(&exe, archive, &index)?,
+        Some((archive, index, index_json)) => placement::place(&exe, archive, &index, &index_json)?,
         None => from_build_directory(&exe)?,
     };
     run_engine(&launch)
 }
 
+/// A stove file's archive, its engine index, and the index's exact bytes.
+type Opened = (zip::ZipArchive<File>, EngineIndex, Vec<u8>);
+
 /// The archive at the end of `exe` and its engine index; `None` for a launcher with no archive (a build).
-fn open_archive(exe: &Path) -> Result<Option<(zip::ZipArchive<File>, EngineIndex)>, String> {
+fn open_archive(exe: &Path) -> Result<Option<Opened>, String> {
     let file = File::open(exe).map_err(|e| format!("cannot read {}: {e}", exe.display()))?;
     let mut archive = match zip::ZipArchive::new(file) {
         Ok(archive) => archive,
@@ -91,7 +94,7 @@ fn open_archive(exe: &Path) -> Result<Option<(zip::ZipArchive<File>, EngineIndex
             index.target
         ));
     }
-    Ok(Some((archive, index)))
+    Ok(Some((archive, index, json)))
 }
 
 /// The engine files a `cargo build` left: `libstove.so` beside the launcher, llama.cpp's beside its build.

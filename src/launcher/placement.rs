@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::launch::{EngineIndex, Launch, PlacedFile, ARCHIVE_DIR, INDEX_ENTRY};
+use crate::launch::{EngineIndex, Launch, PlacedFile, ARCHIVE_DIR};
 
 type Archive = zip::ZipArchive<File>;
 
-/// Places every file of `index` from `archive` (the end of `exe`) where it can be loaded.
-pub fn place(exe: &Path, mut archive: Archive, index: &EngineIndex) -> Result<Launch, String> {
+/// Places every file of `index` from `archive` (the end of `exe`) where it can be loaded. `index_json` is the
+/// index's exact bytes: the cache directory is named after their hash, which covers every file's hash.
+pub fn place(exe: &Path, mut archive: Archive, index: &EngineIndex, index_json: &[u8]) -> Result<Launch, String> {
     let mut launch = Launch {
         exe: exe.to_path_buf(),
         launcher_len: index.launcher_len,
@@ -38,8 +39,8 @@ pub fn place(exe: &Path, mut archive: Archive, index: &EngineIndex) -> Result<La
             Err(Refused::Unavailable(why)) => launch.notes.push(format!("engine files not placed in memory: {why}")),
         }
     }
-    let key = cache_key(&mut archive)?;
-    match cache_dir(&key).map(|dir| in_directory(&mut archive, index, &dir, true)) {
+    let key = &hex(&Sha256::digest(index_json))[..16];
+    match cache_dir(key).map(|dir| in_directory(&mut archive, index, &dir, true)) {
         Some(Ok(files)) => {
             launch.placement = format!("cache {}", files_dir(&files).display());
             launch.files = files;
@@ -229,16 +230,6 @@ fn extract(archive: &mut Archive, name: &str, size: u64, to: &mut File, sha256: 
         }
     }
     Ok(())
-}
-
-/// The cache directory is named after the engine index's hash, which covers every file's hash.
-fn cache_key(archive: &mut Archive) -> Result<String, String> {
-    let mut index = Vec::new();
-    archive
-        .by_name(INDEX_ENTRY)
-        .and_then(|entry| Ok(entry.take(1 << 20).read_to_end(&mut index)?))
-        .map_err(|e| format!("cannot read {INDEX_ENTRY}: {e}"))?;
-    Ok(hex(&Sha256::digest(&index))[..16].to_string())
 }
 
 fn cache_dir(key: &str) -> Option<PathBuf> {

@@ -99,6 +99,25 @@ impl EngineSource {
         EngineSource { launcher: launcher.to_path_buf(), launcher_len, target: "test".into(), files: Vec::new() }
     }
 
+    /// Copies the launcher's bytes into `out` (a progress bar labelled `label` on a terminal) and returns their
+    /// SHA-256. Errors while copying are described by `write_context`.
+    pub fn copy_launcher(
+        &self,
+        out: &mut impl Write,
+        label: &str,
+        write_context: impl Fn() -> String,
+    ) -> Result<String> {
+        let mut launcher = File::open(&self.launcher)
+            .with_context(|| format!("while opening the engine {}", self.launcher.display()))?;
+        let (copied, sha256) =
+            super::copy_hashing((&mut launcher).take(self.launcher_len), self.launcher_len, out, label)
+                .with_context(write_context)?;
+        if copied != self.launcher_len {
+            bail!("the engine {} changed while it was being read", self.launcher.display());
+        }
+        Ok(sha256)
+    }
+
     /// Bytes the engine files take, for the disk-space hint.
     pub fn files_len(&self) -> u64 {
         self.files

@@ -114,7 +114,6 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     let source = bundle::open_model(&options.model)?;
     let span = source.span().clone();
     let info = span.read_info()?;
-    let engine_path = &options.engine.launcher;
     let engine_len = options.engine.launcher_len;
     let file_name = match &source {
         bundle::ModelSource::Bundle(b) => b.manifest.model.file_name.clone(),
@@ -136,13 +135,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     };
 
     let mut out = BufWriter::with_capacity(1 << 20, temp.as_file().try_clone()?);
-    let mut engine =
-        File::open(engine_path).with_context(|| format!("while opening the engine {}", engine_path.display()))?;
-    let (copied, engine_sha256) =
-        copy_hashing((&mut engine).take(engine_len), engine_len, &mut out, "engine").with_context(write_context)?;
-    if copied != engine_len {
-        bail!("the engine {} changed while it was being read", engine_path.display());
-    }
+    let engine_sha256 = options.engine.copy_launcher(&mut out, "engine", write_context)?;
     // Starting the model's local header at an odd multiple of ZIP_ALIGNMENT puts its data at the next multiple,
     // which is then a multiple of MODEL_ALIGNMENT.
     let header_at = (engine_len.div_ceil(ZIP_ALIGNMENT) | 1) * ZIP_ALIGNMENT;
@@ -209,14 +202,7 @@ pub fn pack_engine_only(engine: &EngineSource, out: &Path) -> Result<u64> {
     let temp = temporary_beside(out)?;
     let write_context = || format!("while writing {} (is the disk full?)", temp.path().display());
     let mut writer = BufWriter::new(temp.as_file().try_clone()?);
-    let mut launcher = File::open(&engine.launcher)
-        .with_context(|| format!("while opening the engine {}", engine.launcher.display()))?;
-    let (copied, launcher_sha256) =
-        copy_hashing((&mut launcher).take(engine.launcher_len), engine.launcher_len, &mut writer, "")
-            .with_context(write_context)?;
-    if copied != engine.launcher_len {
-        bail!("the engine {} changed while it was being read", engine.launcher.display());
-    }
+    let launcher_sha256 = engine.copy_launcher(&mut writer, "", write_context)?;
     let mut zip = zip::ZipWriter::new(writer);
     engine::write_files(&mut zip, engine, &launcher_sha256).with_context(write_context)?;
     let file = zip.finish().with_context(write_context)?.into_inner().map_err(|e| e.into_error())?;
