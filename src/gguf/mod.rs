@@ -4,8 +4,16 @@
 //! checked against what is left of it, so a truncated or hostile file gives an error, not a huge allocation.
 //! Format: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>.
 
+mod reader;
+#[cfg(test)]
+pub mod sample;
+mod tensor;
+
 use std::collections::HashMap;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek};
+
+use reader::{HeaderReader, Value, MAX_KEPT_STRING};
+use tensor::{TensorSpan, MAX_DIMS};
 
 /// What stove needs to know about a model, read from its GGUF header.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +47,22 @@ impl ModelLayout {
         self.layer_bytes.iter().sum::<u64>() + self.other_bytes
     }
 
+    /// Counts a tensor's bytes to its block (`blk.N.*`) or to the rest. Block numbers at or past `max_blocks`
+    /// (the tensor count, itself bounded by the file's size) count as the rest, so a forged name cannot make
+    /// the list huge.
+    fn add_tensor(&mut self, name: &str, bytes: u64, max_blocks: usize) {
+        let block = name.strip_prefix("blk.").and_then(|rest| rest.split('.').next()?.parse::<usize>().ok());
+        match block {
+            Some(n) if n < max_blocks => {
+                if self.layer_bytes.len() <= n {
+                    self.layer_bytes.resize(n + 1, 0);
+                }
+                self.layer_bytes[n] += bytes;
+            }
+            _ => self.other_bytes += bytes,
+        }
+    }
+
     /// The KV cache for `tokens` tokens over all layers.
     pub fn kv_bytes(&self, tokens: u64) -> u64 {
         self.kv_bytes_per_token_layer * self.layer_bytes.len() as u64 * tokens
@@ -58,17 +82,6 @@ pub enum GgufError {
     #[error(transparent)]
     Io(#[from] io::Error),
 }
-
-/// A metadata value we keep: scalars and strings. Arrays (the tokenizer's vocabulary) are skipped.
-#[derive(Debug, Clone)]
-enum Value {
-    Uint(u64),
-    Int(i64),
-    Str(String),
-}
-
-/// Longest string value kept in memory; chat templates are a few KiB, the longest seen in the wild ~30 KiB.
-const MAX_KEPT_STRING: u64 = 1 << 20;
 
 /// Reads the header of the GGUF that occupies `len` bytes from `offset` in `file`.
 pub fn read_info<R: Read + Seek>(file: R, offset: u64, len: u64) -> Result<GgufInfo, GgufError> {
@@ -137,17 +150,7 @@ pub fn read_info<R: Read + Seek>(file: R, offset: u64, len: u64) -> Result<GgufI
     let mut layout = ModelLayout::default();
     for tensor in &tensors {
         let bytes = tensor.check(alignment, data_len)?;
-        let block = tensor.name.strip_prefix("blk.").and_then(|rest| rest.split('.').next()?.parse::<usize>().ok());
-        match block {
-            // Block numbers are bounded by the tensor count, itself bounded by the file's size.
-            Some(n) if n < tensors.len() => {
-                if layout.layer_bytes.len() <= n {
-                    layout.layer_bytes.resize(n + 1, 0);
-                }
-                layout.layer_bytes[n] += bytes;
-            }
-            _ => layout.other_bytes += bytes,
-        }
+        layout.add_tensor(&tensor.name, bytes, tensors.len());
     }
 
     let text = |key: &str| match values.get(key) {
@@ -231,238 +234,11 @@ pub fn file_type_name(file_type: u64) -> String {
     name.to_string()
 }
 
-/// ggml's GGML_MAX_DIMS.
-const MAX_DIMS: u32 = 4;
 const MAX_TENSOR_NAME: u64 = 64 << 10;
 const MAX_ALIGNMENT: u64 = 1 << 20;
 
 fn corrupt(reason: String) -> GgufError {
     GgufError::Corrupt(reason)
-}
-
-/// A tensor's entry in the header: where its data claims to be.
-struct TensorSpan {
-    name: String,
-    dims: [u64; MAX_DIMS as usize],
-    type_id: u32,
-    offset: u64,
-}
-
-impl TensorSpan {
-    /// Checks the tensor's type is one ggml knows, its rows hold whole blocks, and its bytes are aligned and
-    /// end inside the data section (`data_len` bytes).
-    /// Returns its size in bytes.
-    fn check(&self, alignment: u64, data_len: u64) -> Result<u64, GgufError> {
-        let name = &self.name;
-        let Some((block, block_bytes)) = crate::engine::tensor_type_layout(self.type_id) else {
-            return Err(corrupt(format!(
-                "tensor {name:?} has type {}, which this llama.cpp does not know",
-                self.type_id
-            )));
-        };
-        if !self.dims[0].is_multiple_of(block) {
-            return Err(corrupt(format!(
-                "tensor {name:?} has rows of {} elements, not whole blocks of {block}",
-                self.dims[0]
-            )));
-        }
-        let elements = self.dims.iter().product::<u64>();
-        let bytes = (elements / block).checked_mul(block_bytes);
-        let end = bytes.and_then(|b| self.offset.checked_add(b));
-        if !self.offset.is_multiple_of(alignment) {
-            return Err(corrupt(format!("tensor {name:?} starts at {}, not a multiple of {alignment}", self.offset)));
-        }
-        match (bytes, end) {
-            (Some(bytes), Some(end)) if end <= data_len => Ok(bytes),
-            _ => Err(corrupt(format!(
-                "tensor {name:?} would end past the file's {data_len} bytes of tensor data; the file is cut short \
-                 or its header is forged"
-            ))),
-        }
-    }
-}
-
-/// Bytes of a GGUF value of fixed size; `None` for strings and arrays.
-fn scalar_size(value_type: u32) -> Option<u64> {
-    match value_type {
-        0 | 1 | 7 => Some(1),
-        2 | 3 => Some(2),
-        4..=6 => Some(4),
-        10..=12 => Some(8),
-        _ => None,
-    }
-}
-
-/// Little-endian reads within `[offset, offset + len)` of a file, with every length checked against the end.
-struct HeaderReader<R> {
-    inner: BufReader<R>,
-    len: u64,
-    pos: u64,
-}
-
-impl<R: Read + Seek> HeaderReader<R> {
-    fn new(mut file: R, start: u64, len: u64) -> io::Result<Self> {
-        file.seek(SeekFrom::Start(start))?;
-        Ok(Self { inner: BufReader::with_capacity(1 << 16, file), len, pos: 0 })
-    }
-
-    fn position(&self) -> u64 {
-        self.pos
-    }
-
-    fn remaining(&self) -> u64 {
-        self.len - self.pos
-    }
-
-    fn check_count(&self, count: u64, min_size: u64, what: &str) -> Result<(), GgufError> {
-        if count.saturating_mul(min_size) > self.remaining() {
-            return Err(GgufError::Corrupt(format!(
-                "it claims {count} {what}, more than its {} bytes can hold",
-                self.len
-            )));
-        }
-        Ok(())
-    }
-
-    fn exact(&mut self, buf: &mut [u8]) -> Result<(), GgufError> {
-        if buf.len() as u64 > self.remaining() {
-            return Err(GgufError::Corrupt(format!("it ends at byte {} in the middle of the header", self.len)));
-        }
-        self.inner.read_exact(buf)?;
-        self.pos += buf.len() as u64;
-        Ok(())
-    }
-
-    fn skip(&mut self, n: u64) -> Result<(), GgufError> {
-        if n > self.remaining() {
-            return Err(GgufError::Corrupt(format!(
-                "a value of {n} bytes runs past the end of the file at byte {}",
-                self.len
-            )));
-        }
-        self.inner.seek_relative(n as i64)?;
-        self.pos += n;
-        Ok(())
-    }
-
-    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], GgufError> {
-        let mut buf = [0u8; N];
-        self.exact(&mut buf)?;
-        Ok(buf)
-    }
-
-    fn u32(&mut self) -> Result<u32, GgufError> {
-        Ok(u32::from_le_bytes(self.bytes()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, GgufError> {
-        Ok(u64::from_le_bytes(self.bytes()?))
-    }
-
-    /// Reads a string; returns it if it is at most `keep` bytes, otherwise skips it and returns `None`.
-    fn string(&mut self, keep: u64) -> Result<Option<String>, GgufError> {
-        let n = self.u64()?;
-        if n > keep {
-            self.skip(n)?;
-            return Ok(None);
-        }
-        let mut buf = vec![0u8; n as usize];
-        self.exact(&mut buf)?;
-        Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
-    }
-
-    /// Reads one value of GGUF type `value_type`; arrays are skipped and give `None`.
-    fn value(&mut self, value_type: u32) -> Result<Option<Value>, GgufError> {
-        Ok(Some(match value_type {
-            0 => Value::Uint(u8::from_le_bytes(self.bytes()?).into()),
-            1 => Value::Int(i8::from_le_bytes(self.bytes()?).into()),
-            2 => Value::Uint(u16::from_le_bytes(self.bytes()?).into()),
-            3 => Value::Int(i16::from_le_bytes(self.bytes()?).into()),
-            4 => Value::Uint(self.u32()?.into()),
-            5 => Value::Int(i32::from_le_bytes(self.bytes()?).into()),
-            // Floats and booleans: nothing stove reads.
-            6 | 7 | 12 => return self.skip(scalar_size(value_type).expect("a scalar type")).map(|()| None),
-            8 => match self.string(MAX_KEPT_STRING)? {
-                Some(s) => Value::Str(s),
-                None => return Ok(None),
-            },
-            9 => {
-                let item_type = self.u32()?;
-                let count = self.u64()?;
-                self.skip_array(item_type, count)?;
-                return Ok(None);
-            }
-            10 => Value::Uint(self.u64()?),
-            11 => Value::Int(i64::from_le_bytes(self.bytes()?)),
-            other => return Err(GgufError::Corrupt(format!("unknown value type {other}"))),
-        }))
-    }
-
-    fn skip_array(&mut self, item_type: u32, count: u64) -> Result<(), GgufError> {
-        if let Some(size) = scalar_size(item_type) {
-            return self.skip(count.saturating_mul(size));
-        }
-        // llama.cpp refuses arrays of arrays too; following them would let a small file nest deep enough to
-        // overflow the stack.
-        if item_type != 8 {
-            return Err(corrupt(format!("an array holds items of type {item_type}; only scalars and strings may")));
-        }
-        // Each string takes at least 8 bytes, which bounds the loop.
-        self.check_count(count, 8, "array items")?;
-        for _ in 0..count {
-            self.value(item_type)?;
-        }
-        Ok(())
-    }
-}
-
-/// A small valid GGUF for tests here and in other modules.
-#[cfg(test)]
-pub mod sample {
-    pub fn string(s: &str) -> Vec<u8> {
-        let mut out = (s.len() as u64).to_le_bytes().to_vec();
-        out.extend_from_slice(s.as_bytes());
-        out
-    }
-
-    /// A small GGUF: architecture, context length, file type, a string array, and two tensors.
-    pub fn sample() -> Vec<u8> {
-        let mut g = b"GGUF".to_vec();
-        g.extend(3u32.to_le_bytes());
-        g.extend(2u64.to_le_bytes()); // tensors
-        g.extend(5u64.to_le_bytes()); // keys
-        g.extend(string("general.architecture"));
-        g.extend(8u32.to_le_bytes());
-        g.extend(string("llama"));
-        g.extend(string("llama.context_length"));
-        g.extend(4u32.to_le_bytes());
-        g.extend(8192u32.to_le_bytes());
-        g.extend(string("general.file_type"));
-        g.extend(4u32.to_le_bytes());
-        g.extend(3u32.to_le_bytes());
-        g.extend(string("tokenizer.ggml.tokens"));
-        g.extend(9u32.to_le_bytes());
-        g.extend(8u32.to_le_bytes());
-        g.extend(2u64.to_le_bytes());
-        g.extend(string("a"));
-        g.extend(string("b"));
-        g.extend(string("tokenizer.chat_template"));
-        g.extend(8u32.to_le_bytes());
-        g.extend(string("{{ messages }}"));
-        // F32 tensors: 48 bytes at 0, 20 bytes at 64.
-        for (name, dims, offset) in [("a", vec![4u64, 3], 0u64), ("b", vec![5u64], 64)] {
-            g.extend(string(name));
-            g.extend((dims.len() as u32).to_le_bytes());
-            for d in dims {
-                g.extend(d.to_le_bytes());
-            }
-            g.extend(0u32.to_le_bytes());
-            g.extend(offset.to_le_bytes());
-        }
-        let data_start = g.len().div_ceil(32) * 32;
-        g.resize(data_start + 84, 0);
-        g
-    }
 }
 
 #[cfg(test)]
@@ -483,6 +259,18 @@ mod tests {
     }
 
     #[test]
+    fn tensors_count_to_their_block_and_forged_block_numbers_to_the_rest() {
+        let mut layout = ModelLayout::default();
+        layout.add_tensor("blk.1.attn_q.weight", 100, 10);
+        layout.add_tensor("blk.1.ffn_up.weight", 50, 10);
+        layout.add_tensor("blk.0.attn_q.weight", 100, 10);
+        layout.add_tensor("blk.999999999.attn_q.weight", 7, 10);
+        layout.add_tensor("token_embd.weight", 30, 10);
+        assert_eq!(layout.layer_bytes, [100, 150]);
+        assert_eq!((layout.other_bytes, layout.weight_bytes()), (37, 287));
+    }
+
+    #[test]
     fn reads_the_header() {
         let g = sample();
         let info = read_info(Cursor::new(&g), 0, g.len() as u64).unwrap();
@@ -492,6 +280,8 @@ mod tests {
         assert_eq!(info.parameters, 4 * 3 + 5);
         assert_eq!(info.chat_template.as_deref(), Some("{{ messages }}"));
         assert_eq!(info.data_offset % 32, 0);
+        // Two F32 tensors outside any block: 48 + 20 bytes.
+        assert_eq!((info.layout.layer_bytes.len(), info.layout.other_bytes), (0, 68));
     }
 
     #[test]
