@@ -34,10 +34,22 @@ pub fn model() -> PathBuf {
     path
 }
 
-/// A scratch directory for this test binary, removed at exit by the OS temp cleaner at the latest.
+/// A scratch directory for this test binary, removed when the binary exits.
 pub fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path()
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    // A static is never dropped, so a TempDir here was never removed: every run left its bundles (over 1 GB)
+    // behind in the temporary folder until the disk filled.
+    extern "C" fn remove_scratch() {
+        if let Some(dir) = DIR.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir").keep();
+        // SAFETY: registers a plain function without captures, run once at normal exit.
+        unsafe { libc::atexit(remove_scratch) };
+        dir
+    })
 }
 
 /// Runs `stove` with `args` and returns its output.
