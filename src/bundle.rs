@@ -353,8 +353,9 @@ mod tests {
     use std::sync::OnceLock;
 
     /// A real bundle packed from a tiny GGUF onto a stand-in engine, with default arguments and a page.
-    fn packed() -> &'static (tempfile::TempDir, Vec<u8>) {
-        static PACKED: OnceLock<(tempfile::TempDir, Vec<u8>)> = OnceLock::new();
+    /// Its bytes: the folder it was packed in is removed at once (a static is never dropped).
+    fn packed() -> &'static Vec<u8> {
+        static PACKED: OnceLock<Vec<u8>> = OnceLock::new();
         PACKED.get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
             let engine = dir.path().join("engine");
@@ -376,15 +377,16 @@ mod tests {
                 sign: None,
             })
             .unwrap();
-            let bytes = std::fs::read(&out).unwrap();
-            (dir, bytes)
+            std::fs::read(&out).unwrap()
         })
     }
 
     #[test]
     fn the_packed_sample_reads_back() {
-        let (dir, _) = packed();
-        let bundle = Bundle::find(&dir.path().join("tiny.stove")).unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.stove");
+        std::fs::write(&path, packed()).unwrap();
+        let bundle = Bundle::find(&path).unwrap().unwrap();
         assert_eq!(bundle.default_args, ["--ctx-size", "512"]);
         assert_eq!(bundle.web.len(), 1);
     }
@@ -399,7 +401,7 @@ mod tests {
             edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
             cut in prop::option::of(any::<prop::sample::Index>()),
         ) {
-            let (_, original) = packed();
+            let original = packed();
             let mut bytes = original.clone();
             // The payload starts after the 3000-byte engine; damage there and in the index at the end.
             let payload = 3000..bytes.len();
