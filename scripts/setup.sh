@@ -9,7 +9,8 @@ set -euo pipefail
 need=()
 command -v cmake >/dev/null || need+=(cmake)
 command -v c++ >/dev/null || need+=(g++)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+# libclang itself, not libclang-cpp (which Chromium's and Mesa's LLVM bring in and bindgen cannot use).
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 if [[ "${1:-}" == --test ]]; then
   command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
   python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
