@@ -15,10 +15,7 @@ name="$(basename "$model" .gguf)"
 out="dist/${name%%.Q[0-9]*}.stove"
 if [[ $# -gt 0 && "$1" != "--" ]]; then out="$1"; shift; fi
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/stove/target}"
-# llama-cpp-sys-2 hard-links its libraries' symlinks into the target folder and fails ("File exists") when an
-# earlier build of other features left dangling ones there; stove loads them from the build folder, not there.
-find "$CARGO_TARGET_DIR/release" -maxdepth 2 -xtype l -name 'lib*.so*' -delete 2>/dev/null || true
-cargo build --release --locked >&2
+source scripts/build-env.sh
+cargo build --release --locked --features "$STOVE_FEATURES" >&2
 mkdir -p "$(dirname "$out")"
 "$CARGO_TARGET_DIR/release/stove" pack --model "$model" -o "$out" "$@"

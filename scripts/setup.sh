@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing stove needs on a fresh Debian/Ubuntu machine with Rust: cmake, a C++
-# compiler and libclang (llama.cpp and its bindings); with --test also Chromium (the page's browser test),
+# compiler and libclang (llama.cpp and its bindings), glslc, SPIR-V headers and the Vulkan loader (the Vulkan
+# module); with --test Mesa's software Vulkan device (the GPU test), also Chromium (the page's browser test),
 # qemu-user and binutils (the engine test runs the file on an emulated processor without AVX and reads its
 # libraries' needs), and the official `openai` Python client in a virtual environment under ~/.cache/stove/venv (the API test).
 # Installs only what is missing; uses sudo when not root.
@@ -11,7 +12,14 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v c++ >/dev/null || need+=(g++)
 # libclang itself, not libclang-cpp (which Chromium's and Mesa's LLVM bring in and bindgen cannot use).
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+# ggml's Vulkan module: the shader compiler, SPIR-V headers and the Vulkan loader to link against (the headers
+# themselves come from scripts/vulkan-sdk.sh when the system's are too old).
+command -v glslc >/dev/null || need+=(glslc)
+[[ -f /usr/share/cmake/SPIRV-Headers/SPIRV-HeadersConfig.cmake ]] || need+=(spirv-headers)
+PATH="$PATH:/sbin:/usr/sbin" ldconfig -p | grep -q 'libvulkan\.so\.1 ' || need+=(libvulkan1)
 if [[ "${1:-}" == --test ]]; then
+  # Mesa's software Vulkan device (lavapipe), on which the Vulkan test offloads.
+  ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1 || need+=(mesa-vulkan-drivers)
   command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
   python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
   command -v qemu-x86_64 >/dev/null || need+=(qemu-user)

@@ -152,6 +152,9 @@ pub struct PackArgs {
     /// Write the engine alone, with no model: a stove program to carry or to pack with (`--engine`) later
     #[arg(long, conflicts_with_all = ["name", "web", "sign", "default_args"])]
     pub engine_only: bool,
+    /// Leave the GPU modules (Vulkan, CUDA) out: a smaller file that runs on the CPU on every machine
+    #[arg(long)]
+    pub cpu_only: bool,
     /// A folder with an index.html that replaces the built-in chat page
     #[arg(long, value_name = "DIR")]
     pub web: Option<PathBuf>,

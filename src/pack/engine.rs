@@ -24,6 +24,13 @@ pub struct SourceFile {
     origin: Origin,
 }
 
+impl SourceFile {
+    /// A GPU backend (`libggml-vulkan.so`, `libggml-cuda.so`): a module that is not one of the CPU variants.
+    pub fn is_gpu_module(&self) -> bool {
+        self.kind == FileKind::Module && !self.name.starts_with("libggml-cpu")
+    }
+}
+
 enum Origin {
     /// A file on disk, or a memory file of the running engine (`/proc/self/fd/N`).
     Path(PathBuf),

@@ -56,10 +56,13 @@ pub struct Packed {
 pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()> {
     // Without this, Ctrl-C would end the process before the temporary file's destructor removes it.
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).context("while installing a Ctrl-C handler")?;
-    let engine = match &args.engine {
+    let mut engine = match &args.engine {
         Some(path) => EngineSource::from_file(path)?,
         None => EngineSource::running()?,
     };
+    if args.cpu_only {
+        engine.files.retain(|file| !file.is_gpu_module());
+    }
     if args.engine_only {
         if run.model.is_some() {
             bail!("--engine-only writes no model; leave out --model");

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Prepares what building ggml's Vulkan module needs and prints a folder to use as VULKAN_SDK: Vulkan headers
+# new enough for llama.cpp (it uses VK_EXT_layer_settings, headers >= 1.3.261), the system's Vulkan loader
+# library and glslc. Debian 12's headers (1.3.239) are too old, so when the system's are, the headers come from
+# Debian 13's libvulkan-dev package (headers only: nothing is installed into the system), SHA-256 checked and
+# cached. Idempotent, and offline once cached. setup.sh installs glslc, spirv-headers and libvulkan1 first.
+#
+#   scripts/vulkan-sdk.sh          # -> ~/.cache/stove/vulkan-sdk/1.4.309
+set -euo pipefail
+
+VERSION="1.4.309"
+DEB_URL="http://deb.debian.org/debian/pool/main/v/vulkan-loader/libvulkan-dev_1.4.309.0-1_amd64.deb"
+DEB_SHA256="8d329d465e16168afff58b1bd0dd6db46aac2cc3f56054a481b25a04e90b345a"
+# ggml-vulkan needs VK_EXT_layer_settings, added in Vulkan-Headers 1.3.261.
+MIN_HEADER_VERSION=261
+
+sdk="${STOVE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stove}/vulkan-sdk/$VERSION"
+
+header_version() { sed -n 's/^#define VK_HEADER_VERSION \([0-9]*\)$/\1/p' "$1" 2>/dev/null; }
+vulkan_minor() { sed -n 's/^#define VK_HEADER_VERSION_COMPLETE VK_MAKE_API_VERSION(0, 1, \([0-9]*\),.*/\1/p' "$1" 2>/dev/null; }
+
+loader="$(PATH="$PATH:/sbin:/usr/sbin" ldconfig -p | sed -n 's/.*libvulkan\.so\.1 (libc6,x86-64) => \(.*\)/\1/p' | head -1)"
+glslc="$(command -v glslc || true)"
+if [[ -z "$loader" || -z "$glslc" ]]; then
+  echo "error: the Vulkan build needs libvulkan.so.1 and glslc (apt-get install libvulkan1 glslc spirv-headers," \
+    "or run scripts/setup.sh)" >&2
+  exit 1
+fi
+
+# Headers already on the system that are new enough need nothing fetched.
+system_header=/usr/include/vulkan/vulkan_core.h
+if [[ -f "$system_header" ]] &&
+  { [[ "$(vulkan_minor "$system_header")" -gt 3 ]] || [[ "$(header_version "$system_header")" -ge $MIN_HEADER_VERSION ]]; }; then
+  include=/usr/include
+else
+  include="$sdk/include"
+  if [[ ! -f "$include/vulkan/vulkan.hpp" ]]; then
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+    echo "fetching Vulkan headers $VERSION (Debian 13's libvulkan-dev) ..." >&2
+    curl -fsSL --retry 3 -o "$work/headers.deb" "$DEB_URL"
+    actual="$(sha256sum "$work/headers.deb" | cut -d' ' -f1)"
+    if [[ "$actual" != "$DEB_SHA256" ]]; then
+      echo "error: $DEB_URL has SHA-256 $actual, expected $DEB_SHA256; not using it" >&2
+      exit 1
+    fi
+    dpkg-deb -x "$work/headers.deb" "$work/root"
+    mkdir -p "$sdk"
+    rm -rf "$include"
+    mv "$work/root/usr/include" "$include"
+  fi
+fi
+
+# FindVulkan looks in $VULKAN_SDK/include, lib and bin; the loader and glslc are the system's.
+mkdir -p "$sdk/lib" "$sdk/bin"
+[[ "$include" == "$sdk/include" ]] || ln -sfn "$include" "$sdk/include"
+ln -sfn "$loader" "$sdk/lib/libvulkan.so"
+ln -sfn "$glslc" "$sdk/bin/glslc"
+echo "$sdk"
