@@ -1,6 +1,8 @@
 # Sourced by the scripts that build stove, so they all build the same engine in the same place:
 #   CARGO_TARGET_DIR  outside the clone (llama.cpp is compiled once per machine, not once per checkout)
 #   VULKAN_SDK        headers, loader and glslc for ggml's Vulkan module (scripts/vulkan-sdk.sh)
+#   linker flags      every engine file links against glibc 2.28's symbol versions (scripts/glibc-compat.sh),
+#                     so a file built here starts on systems as old as Debian 10, RHEL 8 and Ubuntu 20.04
 #   STOVE_FEATURES    the cargo features of the engine every script builds: the Vulkan module, which loads only
 #                     where a Vulkan driver is installed, so the same file still runs everywhere else
 # Run scripts/setup.sh first: it installs what the Vulkan build needs.
@@ -12,4 +14,17 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sto
 find "$CARGO_TARGET_DIR/release" -maxdepth 2 -xtype l -name 'lib*.so*' -delete 2>/dev/null || true
 VULKAN_SDK="$("$stove_scripts/vulkan-sdk.sh")"
 export VULKAN_SDK
+
+if [[ "$(uname -m)" == x86_64 ]]; then
+  glibc_compat="$("$stove_scripts/glibc-compat.sh")"
+  # -B: glibc 2.28's start files; -L: its stub libraries, found before the system's; compat.o: the few newer
+  # functions. These replace .cargo/config.toml's defaults, so they repeat its static C++ runtime flags.
+  # The folder is named after its contents: a new compat.c changes these flags, and llama.cpp relinks.
+  link="-B$glibc_compat -L$glibc_compat $glibc_compat/compat.o"
+  export CMAKE_SHARED_LINKER_FLAGS="-static-libstdc++ -Wl,--exclude-libs,ALL -pthread $link"
+  export CMAKE_MODULE_LINKER_FLAGS="$CMAKE_SHARED_LINKER_FLAGS"
+  # The build machine's libgcc_s.so.1 refers to newer glibc symbols; the target's own libgcc_s is what runs.
+  export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-B$glibc_compat -C link-arg=-L$glibc_compat \
+-C link-arg=$glibc_compat/compat.o -C link-arg=-Wl,--allow-shlib-undefined"
+fi
 STOVE_FEATURES="vulkan"

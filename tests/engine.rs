@@ -1,7 +1,7 @@
 //! The engine a stove file carries: ggml's score picks the CPU variant (the best on this machine, a baseline
 //! on a processor without AVX, run under qemu), the files are loaded from memory, from a verified per-user
-//! cache, or from a temporary directory that is removed, and no engine file needs a C++ runtime, OpenMP or
-//! OpenSSL from the host.
+//! cache, or from a temporary directory that is removed, and no engine file needs a C++ runtime, OpenMP,
+//! OpenSSL or a glibc newer than 2.28 from the host.
 
 mod common;
 
@@ -144,20 +144,35 @@ fn with_no_usable_cache_a_temporary_copy_is_used_and_removed() {
     assert!(log.contains("engine cache not usable"), "the person is told why: {log}");
 }
 
+/// The bundle's engine files, unpacked once into the scratch folder: (name, path).
+fn unpacked_engine() -> &'static [(String, PathBuf)] {
+    static FILES: std::sync::OnceLock<Vec<(String, PathBuf)>> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        let dir = scratch().join("unpacked engine");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(bundle()).unwrap()).unwrap();
+        let names: Vec<String> = archive
+            .file_names()
+            .filter_map(|n| Some(n.ok()?.strip_prefix("engine/")?.to_string()))
+            .filter(|n| n.contains(".so"))
+            .collect();
+        assert!(names.len() >= 15, "{names:?}");
+        names
+            .into_iter()
+            .map(|name| {
+                let path = dir.join(&name);
+                let mut entry = archive.by_name(&format!("engine/{name}")).unwrap();
+                std::io::copy(&mut entry, &mut std::fs::File::create(&path).unwrap()).unwrap();
+                (name, path)
+            })
+            .collect()
+    })
+}
+
 /// The engine needs nothing from the host but the C library (and, for a GPU module, that GPU's driver).
 #[test]
 fn engine_files_need_no_c_plus_plus_runtime_openmp_or_openssl() {
-    let dir = scratch().join("unpacked engine");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut archive = zip::ZipArchive::new(std::fs::File::open(bundle()).unwrap()).unwrap();
-    let names: Vec<String> = archive
-        .file_names()
-        .filter_map(Result::ok)
-        .filter(|n| n.starts_with("engine/") && n.contains(".so"))
-        .map(|n| n.into_owned())
-        .collect();
-    assert!(names.len() >= 15, "{names:?}");
-    let own: Vec<String> = names.iter().map(|n| n.trim_start_matches("engine/").to_string()).collect();
+    let files = unpacked_engine();
     let host = [
         "libc.so.6",
         "libm.so.6",
@@ -166,17 +181,36 @@ fn engine_files_need_no_c_plus_plus_runtime_openmp_or_openssl() {
         "libdl.so.2",
         "libpthread.so.0",
         "librt.so.1",
+        "libutil.so.1",
     ];
     let drivers = ["libvulkan.so.1", "libcuda.so.1"];
-    for name in &names {
-        let path = dir.join(name.trim_start_matches("engine/"));
-        std::io::copy(&mut archive.by_name(name).unwrap(), &mut std::fs::File::create(&path).unwrap()).unwrap();
-        let output = Command::new("readelf").arg("-d").arg(&path).output().expect("readelf (binutils)");
+    for (name, path) in files {
+        let output = Command::new("readelf").arg("-d").arg(path).output().expect("readelf (binutils)");
         for needed in stdout(&output).lines().filter_map(|l| l.split("Shared library: [").nth(1)) {
             let needed = needed.trim_end_matches(']');
-            let allowed = host.contains(&needed) || drivers.contains(&needed) || own.iter().any(|o| o == needed);
+            let allowed = host.contains(&needed) || drivers.contains(&needed) || files.iter().any(|(o, _)| o == needed);
             assert!(allowed, "{name} needs {needed} from the host");
         }
+    }
+}
+
+/// Every engine file and the launcher ask for glibc 2.28's symbol versions at most, so the file starts on
+/// Debian 10, RHEL 8, Ubuntu 20.04 and newer, though it is built on a newer system (scripts/glibc-compat.sh).
+#[test]
+fn engine_files_and_launcher_need_glibc_2_28_at_most() {
+    let launcher = ("launcher".to_string(), bundle().to_path_buf());
+    for (name, path) in unpacked_engine().iter().chain([&launcher]) {
+        let output = Command::new("objdump").arg("-p").arg(path).output().expect("objdump (binutils)");
+        assert!(output.status.success(), "{}", stderr(&output));
+        let text = stdout(&output);
+        let references = text.split("Version References:").nth(1).unwrap_or_else(|| panic!("{name}: {text}"));
+        let newest = references
+            .split_whitespace()
+            .filter_map(|word| word.strip_prefix("GLIBC_2."))
+            .filter_map(|minor| minor.split('.').next()?.parse::<u32>().ok())
+            .max()
+            .unwrap_or_else(|| panic!("{name} asks for no glibc version: {references}"));
+        assert!(newest <= 28, "{name} needs GLIBC_2.{newest}:{references}");
     }
 }
 
