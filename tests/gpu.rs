@@ -17,131 +17,135 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-const QUESTION: &str = "Name three colours of the rainbow.";
-
-/// `stove chat` with greedy decoding, so two backends can be compared token for token.
-fn greedy_chat(command: &mut Command) -> Output {
-    command
-        .args(["chat", "--threads", "2", "--max-tokens", "32", "--temperature", "0", "-p", QUESTION])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-/// The default bundle, run with only Mesa's software Vulkan device (lavapipe) visible to ggml, which hides
-/// devices of the CPU type unless `GGML_VK_VISIBLE_DEVICES` names them.
+/// The tests of the real Vulkan module, built with the `vulkan` feature (as scripts/test.sh does).
 #[cfg(feature = "vulkan")]
-fn on_lavapipe(args: &[&str]) -> Command {
-    let icd = std::fs::read_dir("/usr/share/vulkan/icd.d")
-        .ok()
-        .and_then(|dir| dir.filter_map(Result::ok).map(|e| e.path()).find(|p| p.to_string_lossy().contains("lvp_icd")))
-        .expect("Mesa's lavapipe is missing: install Debian's mesa-vulkan-drivers (scripts/setup.sh --test does)");
-    let mut command = Command::new(bundle());
-    command
-        .args(args)
-        // Older loaders read VK_ICD_FILENAMES, newer ones VK_DRIVER_FILES; either way only lavapipe is seen.
-        .env("VK_ICD_FILENAMES", &icd)
-        .env("VK_DRIVER_FILES", &icd)
-        .env("GGML_VK_VISIBLE_DEVICES", "0");
-    command
-}
+mod vulkan {
+    use super::*;
 
-#[cfg(feature = "vulkan")]
-#[test]
-fn vulkan_on_a_software_device_takes_every_layer_and_answers_as_the_cpu_does() {
-    let info = on_lavapipe(&["info", "--gpu", "vulkan"]).stdin(Stdio::null()).output().unwrap();
-    let text = stdout(&info);
-    assert!(info.status.success(), "{}{}", text, stderr(&info));
-    assert!(text.contains("\n  vulkan       loaded\n"), "{text}");
-    let device = text.lines().find(|l| l.contains("(Vulkan:")).unwrap_or_else(|| panic!("no Vulkan device: {text}"));
-    assert!(device.contains("llvmpipe"), "{device}");
-    let plan = text.lines().find(|l| l.trim_start().starts_with("gpu plan")).expect("a GPU plan");
-    let layers: Vec<&str> = plan.split_whitespace().skip(2).take(3).collect();
-    assert!(layers[0] == layers[2] && layers[1] == "of", "every layer fits on the device: {plan}");
+    const QUESTION: &str = "Name three colours of the rainbow.";
 
-    let on_gpu = greedy_chat(&mut on_lavapipe(&["--gpu", "vulkan", "--verbose"]));
-    assert!(on_gpu.status.success(), "{}", stderr(&on_gpu));
-    let log = stderr(&on_gpu);
-    assert!(log.contains("offloaded") && log.contains("layers to GPU"), "llama.cpp's own count: {log}");
-    let on_cpu = greedy_chat(Command::new(bundle()).args(["--gpu", "none"]));
-    assert!(on_cpu.status.success(), "{}", stderr(&on_cpu));
-    assert!(!stdout(&on_cpu).trim().is_empty());
-    assert_eq!(stdout(&on_gpu), stdout(&on_cpu), "greedy answers differ between Vulkan and the CPU");
-}
+    /// `stove chat` with greedy decoding, so two backends can be compared token for token.
+    fn greedy_chat(command: &mut Command) -> Output {
+        command
+            .args(["chat", "--threads", "2", "--max-tokens", "32", "--temperature", "0", "-p", QUESTION])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
 
-/// The same file on a machine without the Vulkan loader: a private mount namespace (a user namespace, so no
-/// privileges are needed) where the folder holding the system's `libvulkan.so.1` shows everything else.
-#[cfg(feature = "vulkan")]
-#[test]
-fn without_the_vulkan_loader_the_same_file_runs_on_the_cpu() {
-    let dir = scratch().join("no vulkan");
-    std::fs::create_dir_all(&dir).unwrap();
-    let hide_vulkan = |args: &[&str]| {
-        let mut command = Command::new("unshare");
-        command.args(["--user", "--map-root-user", "--mount", "sh", "-c"]).arg(
-            "set -e; lib=\"$(dirname \"$(readlink -f \"$(PATH=$PATH:/sbin ldconfig -p | sed -n 's/.*libvulkan.so.1 (.*) => //p' | head -1)\")\")\"; \
-             d=\"$(mktemp -d -p \"$1\")\"; mkdir \"$d/real\" \"$d/view\"; \
-             mount --bind \"$lib\" \"$d/real\"; ln -s \"$d/real\"/* \"$d/view/\"; rm -f \"$d/view\"/libvulkan.so*; \
-             mount --bind \"$d/view\" \"$lib\"; shift; exec \"$@\"",
+    /// The default bundle, run with only Mesa's software Vulkan device (lavapipe) visible to ggml, which hides
+    /// devices of the CPU type unless `GGML_VK_VISIBLE_DEVICES` names them.
+    fn on_lavapipe(args: &[&str]) -> Command {
+        let icd = std::fs::read_dir("/usr/share/vulkan/icd.d")
+            .ok()
+            .and_then(|dir| {
+                dir.filter_map(Result::ok).map(|e| e.path()).find(|p| p.to_string_lossy().contains("lvp_icd"))
+            })
+            .expect("Mesa's lavapipe is missing: install Debian's mesa-vulkan-drivers (scripts/setup.sh --test does)");
+        let mut command = Command::new(bundle());
+        command
+            .args(args)
+            // Older loaders read VK_ICD_FILENAMES, newer ones VK_DRIVER_FILES; either way only lavapipe is seen.
+            .env("VK_ICD_FILENAMES", &icd)
+            .env("VK_DRIVER_FILES", &icd)
+            .env("GGML_VK_VISIBLE_DEVICES", "0");
+        command
+    }
+
+    #[test]
+    fn vulkan_on_a_software_device_takes_every_layer_and_answers_as_the_cpu_does() {
+        let info = on_lavapipe(&["info", "--gpu", "vulkan"]).stdin(Stdio::null()).output().unwrap();
+        let text = stdout(&info);
+        assert!(info.status.success(), "{}{}", text, stderr(&info));
+        assert!(text.contains("\n  vulkan       loaded\n"), "{text}");
+        let device =
+            text.lines().find(|l| l.contains("(Vulkan:")).unwrap_or_else(|| panic!("no Vulkan device: {text}"));
+        assert!(device.contains("llvmpipe"), "{device}");
+        let plan = text.lines().find(|l| l.trim_start().starts_with("gpu plan")).expect("a GPU plan");
+        let layers: Vec<&str> = plan.split_whitespace().skip(2).take(3).collect();
+        assert!(layers[0] == layers[2] && layers[1] == "of", "every layer fits on the device: {plan}");
+
+        let on_gpu = greedy_chat(&mut on_lavapipe(&["--gpu", "vulkan", "--verbose"]));
+        assert!(on_gpu.status.success(), "{}", stderr(&on_gpu));
+        let log = stderr(&on_gpu);
+        assert!(log.contains("offloaded") && log.contains("layers to GPU"), "llama.cpp's own count: {log}");
+        let on_cpu = greedy_chat(Command::new(bundle()).args(["--gpu", "none"]));
+        assert!(on_cpu.status.success(), "{}", stderr(&on_cpu));
+        assert!(!stdout(&on_cpu).trim().is_empty());
+        assert_eq!(stdout(&on_gpu), stdout(&on_cpu), "greedy answers differ between Vulkan and the CPU");
+    }
+
+    /// The same file on a machine without the Vulkan loader: a private mount namespace (a user namespace, so no
+    /// privileges are needed) where the folder holding the system's `libvulkan.so.1` shows everything else.
+    #[test]
+    fn without_the_vulkan_loader_the_same_file_runs_on_the_cpu() {
+        let dir = scratch().join("no vulkan");
+        std::fs::create_dir_all(&dir).unwrap();
+        let hide_vulkan = |args: &[&str]| {
+            let mut command = Command::new("unshare");
+            command.args(["--user", "--map-root-user", "--mount", "sh", "-c"]).arg(
+                "set -e; lib=\"$(dirname \"$(readlink -f \"$(PATH=$PATH:/sbin ldconfig -p | sed -n 's/.*libvulkan.so.1 (.*) => //p' | head -1)\")\")\"; \
+                 d=\"$(mktemp -d -p \"$1\")\"; mkdir \"$d/real\" \"$d/view\"; \
+                 mount --bind \"$lib\" \"$d/real\"; ln -s \"$d/real\"/* \"$d/view/\"; rm -f \"$d/view\"/libvulkan.so*; \
+                 mount --bind \"$d/view\" \"$lib\"; shift; exec \"$@\"",
+            );
+            command.args(["sh", dir.to_str().unwrap()]).arg(bundle()).args(args).stdin(Stdio::null());
+            command.output().unwrap()
+        };
+        let info = hide_vulkan(&["info"]);
+        assert!(info.status.success(), "{}", stderr(&info));
+        assert!(
+            stdout(&info).contains("\n  vulkan       not used: libvulkan.so.1 is not installed\n"),
+            "{}",
+            stdout(&info)
         );
-        command.args(["sh", dir.to_str().unwrap()]).arg(bundle()).args(args).stdin(Stdio::null());
-        command.output().unwrap()
-    };
-    let info = hide_vulkan(&["info"]);
-    assert!(info.status.success(), "{}", stderr(&info));
-    assert!(
-        stdout(&info).contains("\n  vulkan       not used: libvulkan.so.1 is not installed\n"),
-        "{}",
-        stdout(&info)
-    );
 
-    let answer =
-        hide_vulkan(&["chat", "--max-tokens", "12", "--temperature", "0", "-p", "What is the capital of France?"]);
-    assert!(answer.status.success(), "{}", stderr(&answer));
-    assert!(stdout(&answer).contains("Paris"), "{}", stdout(&answer));
-    let lines: Vec<String> = stderr(&answer).lines().filter(|l| l.contains("vulkan")).map(String::from).collect();
-    assert_eq!(lines, ["vulkan: not used: libvulkan.so.1 is not installed"], "one line says why");
-}
+        let answer =
+            hide_vulkan(&["chat", "--max-tokens", "12", "--temperature", "0", "-p", "What is the capital of France?"]);
+        assert!(answer.status.success(), "{}", stderr(&answer));
+        assert!(stdout(&answer).contains("Paris"), "{}", stdout(&answer));
+        let lines: Vec<String> = stderr(&answer).lines().filter(|l| l.contains("vulkan")).map(String::from).collect();
+        assert_eq!(lines, ["vulkan: not used: libvulkan.so.1 is not installed"], "one line says why");
+    }
 
-/// `pack --cpu-only` leaves the GPU modules out: a smaller file that answers on the CPU and, asked for Vulkan,
-/// says it carries none.
-#[cfg(feature = "vulkan")]
-#[test]
-fn a_file_packed_cpu_only_carries_no_gpu_module_and_answers() {
-    let cpu_only = scratch().join("cpu-only.stove");
-    common::pack(&cpu_only, &["--cpu-only", "--", "--ctx-size", "1024"]);
-    let full = engine_files(bundle());
-    let vulkan = full.iter().find(|(name, _)| name == "libggml-vulkan.so").expect("the test build carries Vulkan");
-    let without = engine_files(&cpu_only);
-    assert!(without.iter().all(|(name, _)| !name.contains("vulkan")), "{without:?}");
-    assert_eq!(without.len(), full.len() - 1, "only the GPU module is left out: {without:?}");
-    let size = |path: &Path| std::fs::metadata(path).unwrap().len();
-    assert!(size(&cpu_only) + vulkan.1 <= size(bundle()) + 4096, "the file shrinks by the module's size");
+    /// `pack --cpu-only` leaves the GPU modules out: a smaller file that answers on the CPU and, asked for Vulkan,
+    /// says it carries none.
+    #[test]
+    fn a_file_packed_cpu_only_carries_no_gpu_module_and_answers() {
+        let cpu_only = scratch().join("cpu-only.stove");
+        common::pack(&cpu_only, &["--cpu-only", "--", "--ctx-size", "1024"]);
+        let full = engine_files(bundle());
+        let vulkan = full.iter().find(|(name, _)| name == "libggml-vulkan.so").expect("the test build carries Vulkan");
+        let without = engine_files(&cpu_only);
+        assert!(without.iter().all(|(name, _)| !name.contains("vulkan")), "{without:?}");
+        assert_eq!(without.len(), full.len() - 1, "only the GPU module is left out: {without:?}");
+        let size = |path: &Path| std::fs::metadata(path).unwrap().len();
+        assert!(size(&cpu_only) + vulkan.1 <= size(bundle()) + 4096, "the file shrinks by the module's size");
 
-    let output = Command::new(&cpu_only).args(["info", "--gpu", "vulkan"]).stdin(Stdio::null()).output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("this stove file carries no vulkan module"), "{}", stderr(&output));
-    let answer = Command::new(&cpu_only)
-        .args(["chat", "--max-tokens", "12", "--temperature", "0", "-p", "What is the capital of France?"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(answer.status.success(), "{}", stderr(&answer));
-    assert!(stdout(&answer).contains("Paris"), "{}", stdout(&answer));
-    assert!(!stderr(&answer).contains("vulkan"), "no GPU module, nothing to say about one: {}", stderr(&answer));
-}
+        let output = Command::new(&cpu_only).args(["info", "--gpu", "vulkan"]).stdin(Stdio::null()).output().unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        assert!(stderr(&output).contains("this stove file carries no vulkan module"), "{}", stderr(&output));
+        let answer = Command::new(&cpu_only)
+            .args(["chat", "--max-tokens", "12", "--temperature", "0", "-p", "What is the capital of France?"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(answer.status.success(), "{}", stderr(&answer));
+        assert!(stdout(&answer).contains("Paris"), "{}", stdout(&answer));
+        assert!(!stderr(&answer).contains("vulkan"), "no GPU module, nothing to say about one: {}", stderr(&answer));
+    }
 
-/// The engine files a stove file carries: name and size.
-#[cfg(feature = "vulkan")]
-fn engine_files(stove_file: &Path) -> Vec<(String, u64)> {
-    let mut archive = zip::ZipArchive::new(std::fs::File::open(stove_file).unwrap()).unwrap();
-    (0..archive.len())
-        .filter_map(|i| {
-            let entry = archive.by_index(i).unwrap();
-            Some((entry.name().ok()?.strip_prefix("engine/")?.to_string(), entry.size()))
-        })
-        .filter(|(name, _)| name != "index.json")
-        .collect()
+    /// The engine files a stove file carries: name and size.
+    fn engine_files(stove_file: &Path) -> Vec<(String, u64)> {
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(stove_file).unwrap()).unwrap();
+        (0..archive.len())
+            .filter_map(|i| {
+                let entry = archive.by_index(i).unwrap();
+                Some((entry.name().ok()?.strip_prefix("engine/")?.to_string(), entry.size()))
+            })
+            .filter(|(name, _)| name != "index.json")
+            .collect()
+    }
 }
 
 #[test]

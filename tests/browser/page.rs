@@ -257,15 +257,16 @@ pub fn js_string(text: &str) -> String {
     serde_json::to_string(text).unwrap()
 }
 
-/// Waits for a file to appear in `dir` (a finished download) and returns its path.
+/// Waits for a finished download with this extension in `dir` and returns its path.
 pub fn wait_for_file(dir: &Path, extension: &str) -> PathBuf {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let found = std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|e| e == extension));
-        if let Some(path) = found {
+        let files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok().map(|e| e.path())).collect();
+        // Chromium first reserves the name with an empty file, writes NAME.crdownload, then renames it over the
+        // reserved one: the download is whole once the file has bytes and no .crdownload is left.
+        let downloading = files.iter().any(|p| p.extension().is_some_and(|e| e == "crdownload"));
+        let found = files.into_iter().find(|p| p.extension().is_some_and(|e| e == extension));
+        if let Some(path) = found.filter(|p| !downloading && std::fs::metadata(p).is_ok_and(|m| m.len() > 0)) {
             return path;
         }
         assert!(Instant::now() < deadline, "no .{extension} file was downloaded into {}", dir.display());
