@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing stove needs on a fresh Debian/Ubuntu machine with Rust: cmake, a C++
 # compiler and libclang (llama.cpp and its bindings), glslc, SPIR-V headers and the Vulkan loader (the Vulkan
-# module); with --test Mesa's software Vulkan device (the GPU test), also Chromium (the page's browser test),
+# module); with --test also Mesa's software Vulkan device (the GPU test), Chromium (the page's browser test),
 # qemu-user and binutils (the engine test runs the file on an emulated processor without AVX and reads its
 # libraries' needs), and the official `openai` Python client in a virtual environment under ~/.cache/stove/venv (the API test).
 # Installs only what is missing; uses sudo when not root.

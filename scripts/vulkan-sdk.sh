@@ -19,7 +19,7 @@ sdk="${STOVE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stove}/vulkan-sdk/$VERSION"
 header_version() { sed -n 's/^#define VK_HEADER_VERSION \([0-9]*\)$/\1/p' "$1" 2>/dev/null; }
 vulkan_minor() { sed -n 's/^#define VK_HEADER_VERSION_COMPLETE VK_MAKE_API_VERSION(0, 1, \([0-9]*\),.*/\1/p' "$1" 2>/dev/null; }
 
-loader="$(PATH="$PATH:/sbin:/usr/sbin" ldconfig -p | sed -n 's/.*libvulkan\.so\.1 (libc6,x86-64) => \(.*\)/\1/p' | head -1)"
+loader="$(PATH="$PATH:/sbin:/usr/sbin" ldconfig -p | sed -n 's/.*libvulkan\.so\.1 (.*) => \(.*\)/\1/p' | head -1)"
 glslc="$(command -v glslc || true)"
 if [[ -z "$loader" || -z "$glslc" ]]; then
   echo "error: the Vulkan build needs libvulkan.so.1 and glslc (apt-get install libvulkan1 glslc spirv-headers," \
