@@ -68,7 +68,13 @@ mod vulkan {
         let on_gpu = greedy_chat(&mut on_lavapipe(&["--gpu", "vulkan", "--verbose"]));
         assert!(on_gpu.status.success(), "{}", stderr(&on_gpu));
         let log = stderr(&on_gpu);
-        assert!(log.contains("offloaded") && log.contains("layers to GPU"), "llama.cpp's own count: {log}");
+        // llama.cpp's own count, e.g. "offloaded 31/31 layers to GPU" (the output layer counts too).
+        let offloaded = log
+            .lines()
+            .find_map(|l| l.split("offloaded ").nth(1)?.strip_suffix(" layers to GPU"))
+            .unwrap_or_else(|| panic!("llama.cpp logged no offload: {log}"));
+        let (on_device, total) = offloaded.split_once('/').unwrap();
+        assert_eq!(on_device, total, "every layer on the device: {offloaded}");
         let on_cpu = greedy_chat(Command::new(bundle()).args(["--gpu", "none"]));
         assert!(on_cpu.status.success(), "{}", stderr(&on_cpu));
         assert!(!stdout(&on_cpu).trim().is_empty());
