@@ -27,7 +27,7 @@ if [[ "$(uname -m)" != x86_64 ]]; then
 fi
 cache="${STOVE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stove}"
 # A new compat.c or script makes a new folder, so a build never links a stale copy.
-version="$(cat scripts/glibc-compat/compat.c "$0" | sha256sum | cut -c1-12)"
+version="$(cat scripts/glibc-compat/compat.c scripts/glibc-compat.sh | sha256sum | cut -c1-12)"
 out="$cache/glibc-$GLIBC-$version"
 if [[ -f "$out/done" ]]; then
   echo "$out"
