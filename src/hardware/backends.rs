@@ -111,7 +111,7 @@ fn load_modules<'a>(modules: impl Iterator<Item = &'a PlacedFile>, gpu: GpuChoic
     let mut gpu_modules = Vec::new();
     for module in modules {
         let name = short_name(&module.name);
-        if !name.starts_with("cpu") {
+        if !is_cpu_variant(&module.name) {
             gpu_modules.push((name, module.path.as_path()));
             continue;
         }
@@ -185,6 +185,12 @@ fn release_unused(files: &[PlacedFile], backends: &Backends) {
             unsafe { libc::close(fd) };
         }
     }
+}
+
+/// Whether an engine module file is one of ggml's CPU variants (`libggml-cpu-haswell.so`) rather than a GPU
+/// backend (`libggml-vulkan.so`, `libggml-cuda.so`).
+pub fn is_cpu_variant(file_name: &str) -> bool {
+    file_name.starts_with("libggml-cpu")
 }
 
 /// `libggml-cpu-haswell.so` → `cpu-haswell`; `libggml-vulkan.so` → `vulkan`.

@@ -27,7 +27,7 @@ pub struct SourceFile {
 impl SourceFile {
     /// A GPU backend (`libggml-vulkan.so`, `libggml-cuda.so`): a module that is not one of the CPU variants.
     pub fn is_gpu_module(&self) -> bool {
-        self.kind == FileKind::Module && !self.name.starts_with("libggml-cpu")
+        self.kind == FileKind::Module && !crate::hardware::backends::is_cpu_variant(&self.name)
     }
 }
 
