@@ -35,7 +35,9 @@ fn main() {
     // Where llama-cpp-sys-2 (`links = "llama"`) left llama.cpp's shared libraries and backend modules: a launcher
     // run from the build directory loads the engine from there.
     let modules = std::env::var("DEP_LLAMA_BACKENDS_DIR").expect("llama-cpp-sys-2 built with dynamic-backends");
-    let libraries = Path::new(&modules).with_file_name("lib");
+    // CMake installs DLLs into bin/ and shared objects into lib/.
+    let windows = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "windows");
+    let libraries = Path::new(&modules).with_file_name(if windows { "bin" } else { "lib" });
     println!("cargo:rustc-env=STOVE_BUILD_MODULE_DIR={modules}");
     println!("cargo:rustc-env=STOVE_BUILD_LIBRARY_DIR={}", libraries.display());
     println!("cargo:rustc-env=STOVE_TARGET={}", std::env::var("TARGET").expect("cargo sets TARGET"));

@@ -11,12 +11,19 @@ use serde::{Deserialize, Serialize};
 pub const ENGINE_ENTRY: &[u8] = b"stove_main\0";
 
 /// The engine library itself, the last library loaded (Cargo names the `cdylib` after the crate).
+#[cfg(not(windows))]
 pub const ENGINE_LIBRARY: &str = "libstove.so";
+#[cfg(windows)]
+pub const ENGINE_LIBRARY: &str = "stove.dll";
 
 /// llama.cpp's shared libraries in the order they must be loaded: each needs only the ones before it (the
-/// dynamic loader then finds them by their SONAME instead of searching the host). A library llama.cpp adds
-/// in a new version makes building from source fail with its name, so it gets a place here.
+/// dynamic loader then finds them by their SONAME, or on Windows by file name, instead of searching the host).
+/// A library llama.cpp adds in a new version makes building from source fail with its name, so it gets a place
+/// here.
+#[cfg(not(windows))]
 pub const LLAMA_LIBRARIES: [&str; 4] = ["libggml-base.so.0", "libggml.so.0", "libllama.so.0", "libllama-common.so.0"];
+#[cfg(windows)]
+pub const LLAMA_LIBRARIES: [&str; 4] = ["ggml-base.dll", "ggml.dll", "libllama.dll", "libllama-common.dll"];
 
 /// Where an engine's files live inside a stove file's archive, and the list of them.
 pub const ARCHIVE_DIR: &str = "engine/";

@@ -187,16 +187,18 @@ fn release_unused(files: &[PlacedFile], backends: &Backends) {
     }
 }
 
-/// Whether an engine module file is one of ggml's CPU variants (`libggml-cpu-haswell.so`) rather than a GPU
-/// backend (`libggml-vulkan.so`, `libggml-cuda.so`).
+/// Whether an engine module file is one of ggml's CPU variants (`libggml-cpu-haswell.so`, `ggml-cpu-haswell.dll`)
+/// rather than a GPU backend (`libggml-vulkan.so`, `libggml-cuda.so`).
 pub fn is_cpu_variant(file_name: &str) -> bool {
-    file_name.starts_with("libggml-cpu")
+    short_name(file_name).starts_with("cpu")
 }
 
-/// `libggml-cpu-haswell.so` → `cpu-haswell`; `libggml-vulkan.so` → `vulkan`.
+/// `libggml-cpu-haswell.so` or `ggml-cpu-haswell.dll` → `cpu-haswell`; `libggml-vulkan.so` → `vulkan`.
 fn short_name(file_name: &str) -> String {
-    let name = file_name.strip_prefix("libggml-").unwrap_or(file_name);
-    name.split(".so").next().unwrap_or(name).to_string()
+    let name = file_name.strip_prefix("lib").unwrap_or(file_name);
+    let name = name.strip_prefix("ggml-").unwrap_or(name);
+    let name = name.split(".so").next().unwrap_or(name);
+    name.strip_suffix(".dll").unwrap_or(name).to_string()
 }
 
 /// Asks a module how well it suits this machine, without registering it. Modules without a score function
@@ -245,6 +247,9 @@ mod tests {
         assert_eq!(short_name("libggml-cpu-haswell.so"), "cpu-haswell");
         assert_eq!(short_name("libggml-vulkan.so"), "vulkan");
         assert_eq!(short_name("libggml-cuda.so"), "cuda");
+        assert_eq!(short_name("ggml-cpu-haswell.dll"), "cpu-haswell");
+        assert_eq!(short_name("libggml-cpu-x64.dll"), "cpu-x64");
+        assert!(is_cpu_variant("ggml-cpu-haswell.dll") && !is_cpu_variant("ggml-vulkan.dll"));
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub fn detect() -> Hardware {
         cpu_features: cpu_features(),
         physical_cores: num_cpus::get_physical(),
         logical_cores: num_cpus::get(),
-        memory_total: meminfo("MemTotal:"),
+        memory_total: total_memory(),
         memory_available: available_memory(),
         devices: devices(),
     }
@@ -77,10 +77,17 @@ pub fn devices() -> Vec<Device> {
 }
 
 /// Memory that can be used without swapping, from the kernel's own estimate.
+#[cfg(not(windows))]
 pub fn available_memory() -> Option<u64> {
     meminfo("MemAvailable:")
 }
 
+#[cfg(not(windows))]
+fn total_memory() -> Option<u64> {
+    meminfo("MemTotal:")
+}
+
+#[cfg(not(windows))]
 fn meminfo(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;
@@ -88,10 +95,58 @@ fn meminfo(key: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Memory that can be used without swapping: Windows' "available physical memory".
+#[cfg(windows)]
+pub fn available_memory() -> Option<u64> {
+    memory_status().map(|status| status.ullAvailPhys)
+}
+
+#[cfg(windows)]
+fn total_memory() -> Option<u64> {
+    memory_status().map(|status| status.ullTotalPhys)
+}
+
+#[cfg(windows)]
+fn memory_status() -> Option<windows_sys::Win32::System::SystemInformation::MEMORYSTATUSEX> {
+    use windows_sys::Win32::System::SystemInformation::{GlobalMemoryStatusEx, MEMORYSTATUSEX};
+    // SAFETY: MEMORYSTATUSEX is plain data; the call fills the struct whose size is set first, as it requires.
+    unsafe {
+        let mut status: MEMORYSTATUSEX = std::mem::zeroed();
+        status.dwLength = size_of::<MEMORYSTATUSEX>() as u32;
+        (GlobalMemoryStatusEx(&mut status) != 0).then_some(status)
+    }
+}
+
+/// The processor's name: Linux's `/proc/cpuinfo`, else what the processor itself says (CPUID's brand string).
 fn cpu_model() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("model name"))?;
-    Some(line.split_once(':')?.1.trim().to_string())
+    let from_kernel = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("model name"))?;
+        Some(line.split_once(':')?.1.trim().to_string())
+    });
+    from_kernel.or_else(cpu_brand)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_brand() -> Option<String> {
+    use std::arch::x86_64::__cpuid;
+    // Leaf 0x80000000 says whether the brand leaves exist (CPUID itself exists on every x86-64 processor).
+    if __cpuid(0x8000_0000).eax < 0x8000_0004 {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(48);
+    for leaf in 0x8000_0002..=0x8000_0004u32 {
+        let r = __cpuid(leaf);
+        for word in [r.eax, r.ebx, r.ecx, r.edx] {
+            bytes.extend_from_slice(&word.to_le_bytes());
+        }
+    }
+    let brand = String::from_utf8_lossy(&bytes).trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string();
+    (!brand.is_empty()).then_some(brand)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_brand() -> Option<String> {
+    None
 }
 
 /// The vector extensions that decide which llama.cpp CPU kernels can run here.

@@ -7,6 +7,8 @@
 //! llama.cpp's libraries and the engine in order, and calls the engine with a [`Launch`] saying where
 //! everything is. Run from a build directory (`cargo build`), it takes the files the build left there instead.
 
+#[cfg(target_os = "linux")]
+mod memory;
 mod placement;
 
 use std::ffi::{c_char, c_int, CString};
@@ -69,7 +71,7 @@ fn open_archive(exe: &Path) -> Result<Option<Opened>, String> {
             return Err(format!(
                 "{} is truncated or damaged: the archive holding its engine cannot be read ({e}). It was \
                  probably copied incompletely; copy it again from the original. (A stove built from source runs \
-                 only beside its libstove.so; `stove pack --engine-only -o FILE` makes one that runs anywhere.)",
+                 only beside its {ENGINE_LIBRARY}; `stove pack --engine-only -o FILE` makes one that runs anywhere.)",
                 exe.display()
             ))
         }
@@ -97,20 +99,20 @@ fn open_archive(exe: &Path) -> Result<Option<Opened>, String> {
     Ok(Some((archive, index, json)))
 }
 
-/// The engine files a `cargo build` left: `libstove.so` beside the launcher, llama.cpp's beside its build.
+/// The engine files a `cargo build` left: the engine library beside the launcher, llama.cpp's beside its build.
 fn from_build_directory(exe: &Path) -> Result<Launch, String> {
     let library_dir = Path::new(BUILD_LIBRARY_DIR);
     let mut files: Vec<PlacedFile> = LLAMA_LIBRARIES
         .iter()
         .map(|name| PlacedFile { name: name.to_string(), kind: FileKind::Library, path: library_dir.join(name) })
         .collect();
-    let engine =
-        built_engine_library(exe).ok_or("libstove.so is missing; build stove again (`cargo build --release`)")?;
+    let engine = built_engine_library(exe)
+        .ok_or(format!("{ENGINE_LIBRARY} is missing; build stove again (`cargo build --release`)"))?;
     files.push(PlacedFile { name: ENGINE_LIBRARY.into(), kind: FileKind::Engine, path: engine });
     let mut modules: Vec<PathBuf> = std::fs::read_dir(BUILD_MODULE_DIR)
         .map_err(|e| format!("cannot list the backend modules in {BUILD_MODULE_DIR}: {e}; build stove again"))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|e| e == "so"))
+        .filter(|path| path.extension().is_some_and(|e| e == std::env::consts::DLL_EXTENSION))
         .collect();
     modules.sort();
     for path in modules {
@@ -145,12 +147,8 @@ fn built_engine_library(exe: &Path) -> Option<PathBuf> {
 fn run_engine(launch: &Launch) -> Result<c_int, String> {
     let mut engine = None;
     for file in launch.files.iter().filter(|f| f.kind != FileKind::Module) {
-        // RTLD_GLOBAL, as if linked: what loads later (the engine, ggml's modules) finds these by SONAME.
-        // SAFETY: these are stove's own llama.cpp libraries and engine, built together; loading runs their
-        // initialisers, which only set up their own state.
-        let library =
-            unsafe { libloading::os::unix::Library::open(Some(&file.path), libc::RTLD_NOW | libc::RTLD_GLOBAL) }
-                .map_err(|e| format!("cannot load the engine's {} ({}): {e}", file.name, file.path.display()))?;
+        let library = load_library(&file.path)
+            .map_err(|e| format!("cannot load the engine's {} ({}): {e}", file.name, file.path.display()))?;
         if file.kind == FileKind::Engine {
             engine = Some(library);
         } else {
@@ -169,4 +167,24 @@ fn run_engine(launch: &Launch) -> Result<c_int, String> {
     // The engine's threads may still run until exit; its code must stay mapped.
     std::mem::forget(engine);
     Ok(code)
+}
+
+/// Loads one of the engine's libraries so that what loads later finds it instead of searching the host.
+#[cfg(unix)]
+fn load_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
+    // RTLD_GLOBAL, as if linked: what loads later (the engine, ggml's modules) finds these by SONAME.
+    // SAFETY: these are stove's own llama.cpp libraries and engine, built together; loading runs their
+    // initialisers, which only set up their own state.
+    unsafe { libloading::os::unix::Library::open(Some(path), libc::RTLD_NOW | libc::RTLD_GLOBAL) }.map(Into::into)
+}
+
+/// Loads one of the engine's DLLs. Windows matches a DLL's imports by file name against the DLLs already loaded,
+/// so loading them in order is what lets the engine find llama.cpp's; the rest of an import is searched for only
+/// in the DLL's own folder and System32, never the current directory or PATH.
+#[cfg(windows)]
+fn load_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
+    use libloading::os::windows::{Library, LOAD_LIBRARY_SEARCH_DEFAULT_DIRS, LOAD_LIBRARY_SEARCH_DLL_LOAD_DIR};
+    // SAFETY: as on Unix: stove's own DLLs, built together, whose initialisers only set up their own state.
+    unsafe { Library::load_with_flags(path, LOAD_LIBRARY_SEARCH_DLL_LOAD_DIR | LOAD_LIBRARY_SEARCH_DEFAULT_DIRS) }
+        .map(Into::into)
 }

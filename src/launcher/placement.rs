@@ -1,21 +1,22 @@
 //! Making the engine's files loadable without installing anything or writing beside the stove file.
 //!
-//! First choice, memory: each file is copied into an anonymous memory file (`memfd_create`) and loaded through
-//! `/proc/self/fd/N`; nothing touches a disk. Where the kernel refuses that (no memfd, or executable memfds
-//! forbidden by `vm.memfd_noexec`), the files are extracted once into a per-user cache named after the
-//! engine's hash and checked against their SHA-256 before every use. Where the cache cannot be written
-//! (read-only home, full disk), a temporary directory is used for this run and removed once loaded.
+//! First choice, on Linux, memory: each file is copied into an anonymous memory file (`memfd_create`) and loaded
+//! through `/proc/self/fd/N`; nothing touches a disk. Where the kernel refuses that (no memfd, or executable
+//! memfds forbidden by `vm.memfd_noexec`), and always on Windows, which can load a DLL only from a file, the
+//! files are extracted once into a per-user cache named after the engine's hash (`~/.cache/stove/engine`,
+//! `%LOCALAPPDATA%\stove\engine`) and checked against their SHA-256 before every use. Where the cache cannot be
+//! written (read-only home, full disk), a temporary directory is used for this run and removed once loaded
+//! (not on Windows, where a loaded DLL cannot be deleted: there it is left to the system's temporary-file cleanup).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::launch::{EngineIndex, Launch, PlacedFile, ARCHIVE_DIR};
 
-type Archive = zip::ZipArchive<File>;
+pub(super) type Archive = zip::ZipArchive<File>;
 
 /// Places every file of `index` from `archive` (the end of `exe`) where it can be loaded. `index_json` is the
 /// index's exact bytes: the cache directory is named after their hash, which covers every file's hash.
@@ -26,10 +27,11 @@ pub fn place(exe: &Path, mut archive: Archive, index: &EngineIndex, index_json: 
         target: index.target.clone(),
         ..Launch::default()
     };
+    #[cfg(target_os = "linux")]
     if std::env::var_os("STOVE_ENGINE_IN_MEMORY").is_some_and(|v| v == "0") {
         launch.notes.push("engine files not placed in memory: STOVE_ENGINE_IN_MEMORY=0".into());
     } else {
-        match in_memory(&mut archive, index) {
+        match super::memory::place(&mut archive, index) {
             Ok(files) => {
                 launch.placement = "memory".into();
                 launch.files = files;
@@ -48,7 +50,7 @@ pub fn place(exe: &Path, mut archive: Archive, index: &EngineIndex, index_json: 
         }
         Some(Err(Refused::Damaged(message))) => return Err(damaged(exe, &message)),
         Some(Err(Refused::Unavailable(why))) => launch.notes.push(format!("engine cache not usable: {why}")),
-        None => launch.notes.push("engine cache not usable: neither XDG_CACHE_HOME nor HOME is set".into()),
+        None => launch.notes.push(format!("engine cache not usable: {NO_CACHE_BASE}")),
     }
     let temporary = tempfile::Builder::new()
         .prefix("stove-engine-")
@@ -76,7 +78,7 @@ pub fn place(exe: &Path, mut archive: Archive, index: &EngineIndex, index_json: 
     }
 }
 
-enum Refused {
+pub(super) enum Refused {
     /// The file itself is bad: every other place would fail the same way.
     Damaged(String),
     /// This place cannot be used here; the next one may.
@@ -85,69 +87,6 @@ enum Refused {
 
 fn damaged(exe: &Path, message: &str) -> String {
     format!("{} is damaged: {message}. Copy it again from the original", exe.display())
-}
-
-/// Copies every file into its own executable memory file.
-fn in_memory(archive: &mut Archive, index: &EngineIndex) -> Result<Vec<PlacedFile>, Refused> {
-    let mut files = Vec::with_capacity(index.files.len());
-    for entry in &index.files {
-        let fd = memfd(&entry.name).map_err(|e| Refused::Unavailable(format!("memfd_create: {e}")))?;
-        let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        if files.is_empty() && !path.exists() {
-            return Err(Refused::Unavailable("/proc is not mounted".into()));
-        }
-        let mut file = File::from(fd);
-        extract(archive, &entry.name, entry.size, &mut file, None)?;
-        if files.is_empty() {
-            executable_mapping_allowed(&file).map_err(|e| Refused::Unavailable(format!("executable memory: {e}")))?;
-        }
-        // The descriptor stays open until exit: the engine loads modules and re-reads its files (to pack)
-        // through this path.
-        std::mem::forget(file);
-        files.push(PlacedFile { name: entry.name.clone(), kind: entry.kind, path });
-    }
-    Ok(files)
-}
-
-/// An anonymous memory file that may be mapped executable. Closed on exec, so a browser started from stove
-/// does not inherit it.
-fn memfd(name: &str) -> io::Result<OwnedFd> {
-    let name = std::ffi::CString::new(format!("stove:{name}")).map_err(io::Error::other)?;
-    // MFD_EXEC asks for executable memory on kernels whose default is to forbid it; older kernels do not know
-    // the flag (EINVAL) and allow it anyway.
-    for flags in [libc::MFD_CLOEXEC | libc::MFD_EXEC, libc::MFD_CLOEXEC] {
-        // SAFETY: `name` is NUL-terminated and outlives the call; the result is checked.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
-        if fd >= 0 {
-            // SAFETY: a fresh descriptor that nothing else owns.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let error = io::Error::last_os_error();
-        if error.raw_os_error() != Some(libc::EINVAL) {
-            return Err(error);
-        }
-    }
-    Err(io::Error::last_os_error())
-}
-
-/// Whether the kernel lets code be mapped from `file` (a memfd may be sealed against it).
-fn executable_mapping_allowed(file: &File) -> io::Result<()> {
-    // SAFETY: maps one page of a file we own and unmaps it at once; nothing reads the mapping.
-    unsafe {
-        let page = libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_EXEC,
-            libc::MAP_PRIVATE,
-            file.as_raw_fd(),
-            0,
-        );
-        if page == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        libc::munmap(page, 4096);
-    }
-    Ok(())
 }
 
 /// Extracts every file into `dir`, or, for the cache, reuses what an earlier run extracted there once each
@@ -203,7 +142,13 @@ fn in_directory(
 
 /// Copies one engine file out of the archive, checking its size, its CRC (the archive's) and, when given,
 /// its SHA-256.
-fn extract(archive: &mut Archive, name: &str, size: u64, to: &mut File, sha256: Option<&str>) -> Result<(), Refused> {
+pub(super) fn extract(
+    archive: &mut Archive,
+    name: &str,
+    size: u64,
+    to: &mut File,
+    sha256: Option<&str>,
+) -> Result<(), Refused> {
     let entry_name = format!("{ARCHIVE_DIR}{name}");
     let entry = archive.by_name(&entry_name).map_err(|e| Refused::Damaged(format!("{entry_name}: {e}")))?;
     if entry.size() != size {
@@ -232,10 +177,17 @@ fn extract(archive: &mut Archive, name: &str, size: u64, to: &mut File, sha256: 
     Ok(())
 }
 
+/// Why there is no cache folder, when the variables naming one are missing.
+const NO_CACHE_BASE: &str =
+    if cfg!(windows) { "LOCALAPPDATA is not set" } else { "neither XDG_CACHE_HOME nor HOME is set" };
+
 fn cache_dir(key: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|home| PathBuf::from(home).join(".cache"))
-    })?;
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let base = if cfg!(windows) {
+        set("LOCALAPPDATA")?
+    } else {
+        set("XDG_CACHE_HOME").or_else(|| set("HOME").map(|home| home.join(".cache")))?
+    };
     Some(base.join("stove").join("engine").join(key))
 }
 
@@ -250,6 +202,6 @@ fn sha256_of(path: &Path) -> Option<String> {
     Some(hex(&hasher.finalize()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

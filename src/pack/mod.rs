@@ -63,6 +63,7 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
     if args.cpu_only {
         engine.files.retain(|file| !file.is_gpu_module());
     }
+    let target = engine.target.clone();
     if args.engine_only {
         if run.model.is_some() {
             bail!("--engine-only writes no model; leave out --model");
@@ -75,6 +76,7 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
             args.output.display(),
             crate::hardware::human_bytes(size)
         );
+        warn_without_exe(&target, &args.output);
         return Ok(());
     }
     let Some(model) = &run.model else {
@@ -101,6 +103,7 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
         args.output.display(),
         crate::hardware::human_bytes(packed.size)
     );
+    warn_without_exe(&target, &args.output);
     if packed.size > FAT32_LIMIT {
         eprintln!(
             "warning: {} is over 4 GiB. It will not fit on a FAT32 USB stick (format it as exFAT), and Windows \
@@ -111,6 +114,16 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
         );
     }
     Ok(())
+}
+
+/// A file for Windows must end in `.exe` to start there; said, not changed, since the person chose the name.
+fn warn_without_exe(target: &str, output: &Path) {
+    if target.contains("windows") && output.extension().is_none_or(|e| !e.eq_ignore_ascii_case("exe")) {
+        eprintln!(
+            "note: {} holds a Windows engine; Windows starts it only with a name ending in .exe",
+            output.display()
+        );
+    }
 }
 
 pub fn pack(options: &PackOptions) -> Result<Packed> {
