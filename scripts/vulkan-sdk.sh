@@ -6,7 +6,13 @@
 # cached. Idempotent, and offline once cached. setup.sh installs glslc, spirv-headers and libvulkan1 first.
 #
 #   scripts/vulkan-sdk.sh          # -> ~/.cache/stove/vulkan-sdk/1.4.309
+#   scripts/vulkan-sdk.sh windows  # -> ~/.cache/stove/vulkan-sdk/1.4.309-windows, for the mingw-w64 cross build
+#
+# For Windows the folder is laid out as the LunarG SDK is (Include, Lib, Bin): the same headers, this machine's
+# glslc, and an import library for the Vulkan loader (vulkan-1.dll, which every Vulkan driver on Windows
+# installs) made with mingw-w64's dlltool from the core commands the headers declare.
 set -euo pipefail
+system="${1:-linux}"
 
 VERSION="1.4.309"
 DEB_URL="http://deb.debian.org/debian/pool/main/v/vulkan-loader/libvulkan-dev_1.4.309.0-1_amd64.deb"
@@ -49,6 +55,31 @@ else
     rm -rf "$include"
     mv "$work/root/usr/include" "$include"
   fi
+fi
+
+if [[ "$system" == windows ]]; then
+  windows_sdk="$sdk-windows"
+  # Include: the Vulkan headers, and the SPIR-V headers (spirv-headers), which the cross compiler does not look
+  # for in /usr/include.
+  [[ -L "$windows_sdk/Include" ]] && rm "$windows_sdk/Include"
+  mkdir -p "$windows_sdk/Include" "$windows_sdk/Lib" "$windows_sdk/Bin"
+  ln -sfn "$include/vulkan" "$windows_sdk/Include/vulkan"
+  ln -sfn "$include/vk_video" "$windows_sdk/Include/vk_video"
+  ln -sfn /usr/include/spirv "$windows_sdk/Include/spirv"
+  ln -sfn "$glslc" "$windows_sdk/Bin/glslc"
+  if [[ ! -f "$windows_sdk/Lib/libvulkan-1.a" ]]; then
+    # The loader exports every core command (vkCreateInstance, vkCmdDraw, ...); extension commands end in their
+    # vendor's capitals (KHR, EXT) and are reached through vkGet*ProcAddr.
+    {
+      echo "LIBRARY vulkan-1.dll"
+      echo "EXPORTS"
+      sed -n 's/^VKAPI_ATTR [^(]* VKAPI_CALL \(vk[A-Za-z0-9]*[a-z0-9]\)(.*/\1/p' "$include/vulkan/vulkan_core.h" | sort -u
+    } > "$windows_sdk/Lib/vulkan-1.def"
+    x86_64-w64-mingw32-dlltool -d "$windows_sdk/Lib/vulkan-1.def" -l "$windows_sdk/Lib/libvulkan-1.a.partial"
+    mv "$windows_sdk/Lib/libvulkan-1.a.partial" "$windows_sdk/Lib/libvulkan-1.a"
+  fi
+  echo "$windows_sdk"
+  exit 0
 fi
 
 # FindVulkan looks in $VULKAN_SDK/include, lib and bin; the loader and glslc are the system's.

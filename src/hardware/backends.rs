@@ -206,7 +206,7 @@ fn short_name(file_name: &str) -> String {
 fn score(path: &Path) -> Result<i32, String> {
     // SAFETY: a ggml backend module built with this engine; loading it runs no code that depends on the CPU's
     // features (ggml builds the score function for the baseline, so it can run anywhere).
-    let library = unsafe { libloading::Library::new(path) }.map_err(|e| why_not_loadable(&e.to_string()))?;
+    let library = unsafe { libloading::Library::new(path) }.map_err(|e| why_not_loadable(path, &e))?;
     // SAFETY: `ggml_backend_score` is declared `int (void)` by GGML_BACKEND_DL_SCORE_IMPL.
     let score = match unsafe { library.get::<unsafe extern "C" fn() -> c_int>(b"ggml_backend_score\0") } {
         // SAFETY: as above; it only reads CPUID (CPU variants) or nothing.
@@ -218,11 +218,38 @@ fn score(path: &Path) -> Result<i32, String> {
 
 /// The loader's message, shortened to what the person can act on: "libvulkan.so.1 is not installed" for
 /// the usual case of a GPU module whose driver library this machine lacks.
-fn why_not_loadable(loader_message: &str) -> String {
+#[cfg(not(windows))]
+fn why_not_loadable(_module: &Path, error: &libloading::Error) -> String {
+    shorten_loader_message(&error.to_string())
+}
+
+#[cfg(not(windows))]
+fn shorten_loader_message(loader_message: &str) -> String {
     const NOT_FOUND: &str = ": cannot open shared object file";
     match loader_message.split_once(NOT_FOUND) {
         Some((before, _)) => format!("{} is not installed", before.rsplit(": ").next().unwrap_or(before)),
         None => loader_message.to_string(),
+    }
+}
+
+/// Windows says only "the specified module could not be found" (error 126), not which; for a GPU module the
+/// missing one is its driver's library, the only DLL it needs besides Windows' own and stove's.
+#[cfg(windows)]
+fn why_not_loadable(module: &Path, error: &libloading::Error) -> String {
+    const ERROR_MOD_NOT_FOUND: i32 = 126;
+    let os_error = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .and_then(std::io::Error::raw_os_error);
+    let name = short_name(&module.file_name().unwrap_or_default().to_string_lossy());
+    let driver = match name.as_str() {
+        "vulkan" => Some("vulkan-1.dll (a Vulkan driver)"),
+        "cuda" => Some("nvcuda.dll (NVIDIA's driver)"),
+        _ => None,
+    };
+    match (os_error, driver) {
+        (Some(ERROR_MOD_NOT_FOUND), Some(driver)) => format!("{driver} is not installed"),
+        (Some(code), _) => format!("{error}: {}", std::io::Error::from_raw_os_error(code)),
+        (None, _) => error.to_string(),
     }
 }
 
@@ -253,9 +280,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(windows))]
     fn a_missing_driver_library_is_named() {
         let message = "/proc/self/fd/9: libvulkan.so.1: cannot open shared object file: No such file or directory";
-        assert_eq!(why_not_loadable(message), "libvulkan.so.1 is not installed");
-        assert_eq!(why_not_loadable("undefined symbol: foo"), "undefined symbol: foo");
+        assert_eq!(shorten_loader_message(message), "libvulkan.so.1 is not installed");
+        assert_eq!(shorten_loader_message("undefined symbol: foo"), "undefined symbol: foo");
     }
 }
