@@ -78,7 +78,7 @@ fn print_machine(hw: &Hardware) {
         Some((how, dir)) => format!("{how} ({dir})"),
         None => launch.placement.clone(),
     };
-    println!("  engine       {} files, loaded from {placement}", launch.files.len());
+    println!("  engine       {} files, loaded from {placement}", launch.files.len() + launch.absent.len());
     for note in &launch.notes {
         println!("               {note}");
     }

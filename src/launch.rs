@@ -79,6 +79,62 @@ pub struct Launch {
     pub cleanup: Option<PathBuf>,
     /// Lines the person should see, e.g. why the engine is not in memory.
     pub notes: Vec<String>,
+    /// GPU modules the launcher left where they were because their driver library is not on this machine:
+    /// they could not load, so copying them out would only slow the start (the Vulkan module is 30 MB).
+    pub absent: Vec<AbsentModule>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AbsentModule {
+    /// The module's file name, e.g. `libggml-vulkan.so`.
+    pub name: String,
+    /// Why it cannot load here, e.g. `libvulkan.so.1 is not installed`.
+    pub reason: String,
+}
+
+/// The library a GPU module needs from the machine's GPU driver, by the module's file name; `None` for CPU
+/// variants and modules that need nothing beyond the engine.
+pub fn driver_library(module_file: &str) -> Option<&'static str> {
+    let (vulkan, cuda) =
+        if cfg!(windows) { ("vulkan-1.dll", "nvcuda.dll") } else { ("libvulkan.so.1", "libcuda.so.1") };
+    if module_file.contains("ggml-vulkan") {
+        Some(vulkan)
+    } else if module_file.contains("ggml-cuda") {
+        Some(cuda)
+    } else {
+        None
+    }
+}
+
+/// Why a library could not be loaded, in words a person can act on: "libvulkan.so.1 is not installed" for the
+/// usual case of a GPU module on a machine without that GPU's driver. `driver` is the driver library the
+/// module needs: Windows does not say which DLL it could not find (error 126), so that one is named.
+pub fn load_failure(error: &libloading::Error, driver: Option<&str>) -> String {
+    if cfg!(windows) {
+        const ERROR_MOD_NOT_FOUND: i32 = 126;
+        let os_error = std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .and_then(std::io::Error::raw_os_error);
+        match (os_error, driver) {
+            // Windows users install these with a GPU's driver, not by name.
+            (Some(ERROR_MOD_NOT_FOUND), Some(driver)) => {
+                format!("{driver} is not installed (it comes with the GPU's driver)")
+            }
+            (Some(code), _) => format!("{error}: {}", std::io::Error::from_raw_os_error(code)),
+            (None, _) => error.to_string(),
+        }
+    } else {
+        shorten_loader_message(&error.to_string())
+    }
+}
+
+/// "…/libggml-vulkan.so: libvulkan.so.1: cannot open shared object file: …" → "libvulkan.so.1 is not installed".
+fn shorten_loader_message(loader_message: &str) -> String {
+    const NOT_FOUND: &str = ": cannot open shared object file";
+    match loader_message.split_once(NOT_FOUND) {
+        Some((before, _)) => format!("{} is not installed", before.rsplit(": ").next().unwrap_or(before)),
+        None => loader_message.to_string(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,5 +147,26 @@ pub struct PlacedFile {
 impl Launch {
     pub fn modules(&self) -> impl Iterator<Item = &PlacedFile> {
         self.files.iter().filter(|f| f.kind == FileKind::Module)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_driver_library_is_named() {
+        let message = "/proc/self/fd/9: libvulkan.so.1: cannot open shared object file: No such file or directory";
+        assert_eq!(shorten_loader_message(message), "libvulkan.so.1 is not installed");
+        assert_eq!(shorten_loader_message("undefined symbol: foo"), "undefined symbol: foo");
+    }
+
+    #[test]
+    fn gpu_modules_name_their_driver_library() {
+        let vulkan = if cfg!(windows) { "vulkan-1.dll" } else { "libvulkan.so.1" };
+        assert_eq!(driver_library("libggml-vulkan.so"), Some(vulkan));
+        assert_eq!(driver_library("ggml-vulkan.dll"), Some(vulkan));
+        assert!(driver_library("libggml-cuda.so").is_some());
+        assert_eq!(driver_library("libggml-cpu-haswell.so"), None);
     }
 }

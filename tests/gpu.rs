@@ -87,8 +87,9 @@ mod vulkan {
     fn without_the_vulkan_loader_the_same_file_runs_on_the_cpu() {
         let dir = scratch().join("no vulkan");
         std::fs::create_dir_all(&dir).unwrap();
-        let hide_vulkan = |args: &[&str]| {
+        let hide_vulkan_with = |args: &[&str], env: &[(&str, &Path)]| {
             let mut command = Command::new("unshare");
+            command.envs(env.iter().copied());
             command.args(["--user", "--map-root-user", "--mount", "sh", "-c"]).arg(
                 "set -e; lib=\"$(dirname \"$(readlink -f \"$(PATH=$PATH:/sbin ldconfig -p | sed -n 's/.*libvulkan.so.1 (.*) => //p' | head -1)\")\")\"; \
                  d=\"$(mktemp -d -p \"$1\")\"; mkdir \"$d/real\" \"$d/view\"; \
@@ -98,6 +99,7 @@ mod vulkan {
             command.args(["sh", dir.to_str().unwrap()]).arg(bundle()).args(args).stdin(Stdio::null());
             command.output().unwrap()
         };
+        let hide_vulkan = |args: &[&str]| hide_vulkan_with(args, &[]);
         let info = hide_vulkan(&["info"]);
         assert!(info.status.success(), "{}", stderr(&info));
         assert!(
@@ -112,6 +114,19 @@ mod vulkan {
         assert!(stdout(&answer).contains("Paris"), "{}", stdout(&answer));
         let lines: Vec<String> = stderr(&answer).lines().filter(|l| l.contains("vulkan")).map(String::from).collect();
         assert_eq!(lines, ["vulkan: not used: libvulkan.so.1 is not installed"], "one line says why");
+
+        // The launcher does not even copy the module out (30 MB): placed in a cache folder, it is not there.
+        let cache = dir.join("cache");
+        let in_cache =
+            hide_vulkan_with(&["info"], &[("STOVE_ENGINE_IN_MEMORY", Path::new("0")), ("XDG_CACHE_HOME", &cache)]);
+        assert!(in_cache.status.success(), "{}", stderr(&in_cache));
+        let placed: Vec<String> = std::fs::read_dir(cache.join("stove/engine"))
+            .unwrap()
+            .flat_map(|engine| std::fs::read_dir(engine.unwrap().path()).unwrap())
+            .map(|file| file.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(placed.iter().any(|name| name == "libggml-cpu-x64.so"), "{placed:?}");
+        assert!(!placed.iter().any(|name| name.contains("vulkan")), "the Vulkan module was copied out: {placed:?}");
     }
 
     /// `pack --cpu-only` leaves the GPU modules out: a smaller file that answers on the CPU and, asked for Vulkan,

@@ -96,7 +96,14 @@ pub fn current() -> &'static Backends {
 
 fn load_with(gpu: GpuChoice) -> Backends {
     let launch = crate::launch();
-    let backends = load_modules(launch.modules(), gpu);
+    let mut backends = load_modules(launch.modules(), gpu);
+    // GPU modules the launcher did not place, because their driver library is missing here.
+    backends.modules.extend(launch.absent.iter().map(|absent| ModuleState {
+        name: short_name(&absent.name),
+        loaded: false,
+        score: None,
+        reason: Some(absent.reason.clone()),
+    }));
     // The modules are mapped now; a temporary copy of them is no longer needed.
     if let Some(dir) = &launch.cleanup {
         let _ = std::fs::remove_dir_all(dir);
@@ -216,41 +223,10 @@ fn score(path: &Path) -> Result<i32, String> {
     Ok(score)
 }
 
-/// The loader's message, shortened to what the person can act on: "libvulkan.so.1 is not installed" for
-/// the usual case of a GPU module whose driver library this machine lacks.
-#[cfg(not(windows))]
-fn why_not_loadable(_module: &Path, error: &libloading::Error) -> String {
-    shorten_loader_message(&error.to_string())
-}
-
-#[cfg(not(windows))]
-fn shorten_loader_message(loader_message: &str) -> String {
-    const NOT_FOUND: &str = ": cannot open shared object file";
-    match loader_message.split_once(NOT_FOUND) {
-        Some((before, _)) => format!("{} is not installed", before.rsplit(": ").next().unwrap_or(before)),
-        None => loader_message.to_string(),
-    }
-}
-
-/// Windows says only "the specified module could not be found" (error 126), not which; for a GPU module the
-/// missing one is its driver's library, the only DLL it needs besides Windows' own and stove's.
-#[cfg(windows)]
+/// Why a module could not be loaded; for a GPU module, usually that its driver library is missing.
 fn why_not_loadable(module: &Path, error: &libloading::Error) -> String {
-    const ERROR_MOD_NOT_FOUND: i32 = 126;
-    let os_error = std::error::Error::source(error)
-        .and_then(|source| source.downcast_ref::<std::io::Error>())
-        .and_then(std::io::Error::raw_os_error);
-    let name = short_name(&module.file_name().unwrap_or_default().to_string_lossy());
-    let driver = match name.as_str() {
-        "vulkan" => Some("vulkan-1.dll (a Vulkan driver)"),
-        "cuda" => Some("nvcuda.dll (NVIDIA's driver)"),
-        _ => None,
-    };
-    match (os_error, driver) {
-        (Some(ERROR_MOD_NOT_FOUND), Some(driver)) => format!("{driver} is not installed"),
-        (Some(code), _) => format!("{error}: {}", std::io::Error::from_raw_os_error(code)),
-        (None, _) => error.to_string(),
-    }
+    let file_name = module.file_name().unwrap_or_default().to_string_lossy();
+    crate::launch::load_failure(error, crate::launch::driver_library(&file_name))
 }
 
 /// Registers a module with ggml, so llama.cpp lists its devices; returns how many devices it has.
@@ -277,13 +253,5 @@ mod tests {
         assert_eq!(short_name("ggml-cpu-haswell.dll"), "cpu-haswell");
         assert_eq!(short_name("libggml-cpu-x64.dll"), "cpu-x64");
         assert!(is_cpu_variant("ggml-cpu-haswell.dll") && !is_cpu_variant("ggml-vulkan.dll"));
-    }
-
-    #[test]
-    #[cfg(not(windows))]
-    fn a_missing_driver_library_is_named() {
-        let message = "/proc/self/fd/9: libvulkan.so.1: cannot open shared object file: No such file or directory";
-        assert_eq!(shorten_loader_message(message), "libvulkan.so.1 is not installed");
-        assert_eq!(shorten_loader_message("undefined symbol: foo"), "undefined symbol: foo");
     }
 }

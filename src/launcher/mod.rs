@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::launch::{
-    EngineIndex, FileKind, Launch, PlacedFile, ENGINE_ENTRY, ENGINE_LIBRARY, INDEX_ENTRY, LLAMA_LIBRARIES,
+    driver_library, load_failure, AbsentModule, EngineIndex, FileKind, Launch, PlacedFile, ENGINE_ENTRY,
+    ENGINE_LIBRARY, INDEX_ENTRY, LLAMA_LIBRARIES,
 };
 
 /// Where `cargo build` left llama.cpp's libraries and backend modules (from llama-cpp-sys-2, via build.rs).
@@ -52,10 +53,38 @@ fn end_after_engine(code: c_int) -> ExitCode {
 fn start() -> Result<c_int, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable's own file: {e}"))?;
     let launch = match open_archive(&exe)? {
-        Some((archive, index, index_json)) => placement::place(&exe, archive, &index, &index_json)?,
+        Some((archive, mut index, index_json)) => {
+            let absent = leave_out_absent_gpu_modules(&mut index);
+            Launch { absent, ..placement::place(&exe, archive, &index, &index_json)? }
+        }
         None => from_build_directory(&exe)?,
     };
     run_engine(&launch)
+}
+
+/// Takes out of `index` the GPU modules whose driver library does not load on this machine, so they are not
+/// copied out only to fail (the Vulkan module is 30 MB: on a USB stick, a second of every start). A driver
+/// library that loads stays loaded: the module needs it next.
+fn leave_out_absent_gpu_modules(index: &mut EngineIndex) -> Vec<AbsentModule> {
+    let mut absent = Vec::new();
+    index.files.retain(|file| {
+        let Some(driver) = driver_library(&file.name).filter(|_| file.kind == FileKind::Module) else {
+            return true;
+        };
+        // SAFETY: a GPU driver's own library, which the module would load anyway; its initialisers only set up
+        // its own state.
+        match unsafe { libloading::Library::new(driver) } {
+            Ok(library) => {
+                std::mem::forget(library);
+                true
+            }
+            Err(error) => {
+                absent.push(AbsentModule { name: file.name.clone(), reason: load_failure(&error, Some(driver)) });
+                false
+            }
+        }
+    });
+    absent
 }
 
 /// A stove file's archive, its engine index, and the index's exact bytes.
@@ -131,6 +160,7 @@ fn from_build_directory(exe: &Path) -> Result<Launch, String> {
         files,
         cleanup: None,
         notes: Vec::new(),
+        absent: Vec::new(),
     })
 }
 
