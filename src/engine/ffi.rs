@@ -33,14 +33,7 @@ pub fn load_model_at(
     use_mmap: bool,
     n_gpu_layers: i32,
 ) -> Result<LlamaModel, LoadError> {
-    let shown = path.display().to_string();
-    let file = open_at(path, offset).map_err(|(seeking, source)| {
-        if seeking {
-            LoadError::Seek { path: shown.clone(), offset, source }
-        } else {
-            LoadError::Open { path: shown.clone(), source }
-        }
-    })?;
+    let file = open_at(path, offset)?;
 
     // SAFETY: default params from llama.cpp, two plain fields changed; no callbacks or pointers are set.
     let mut params = unsafe { llama_cpp_sys_2::llama_model_default_params() };
@@ -55,65 +48,91 @@ pub fn load_model_at(
     // SAFETY: closed exactly once, after llama.cpp is done with it.
     unsafe { libc::fclose(file) };
 
-    let model = NonNull::new(model).ok_or(LoadError::Rejected { path: shown })?;
+    let model = NonNull::new(model).ok_or_else(|| LoadError::Rejected { path: path.display().to_string() })?;
     // SAFETY: layout checked above; `model` is a live llama_model that nothing else owns, and `LlamaModel`'s
     // Drop frees it with llama_model_free, which is how a model from this loader must be freed.
     Ok(unsafe { std::mem::transmute::<NonNull<llama_cpp_sys_2::llama_model>, LlamaModel>(model) })
 }
 
-/// Opens `path` for reading with the C runtime llama.cpp uses and positions it at `offset`. The error says
-/// whether the seek failed (`true`) or the open.
-#[cfg(unix)]
-fn open_at(path: &Path, offset: u64) -> Result<*mut libc::FILE, (bool, std::io::Error)> {
-    use std::io::{Error, ErrorKind};
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| (false, Error::new(ErrorKind::InvalidInput, "the path contains a NUL byte")))?;
-    let offset =
-        libc::off_t::try_from(offset).map_err(|_| (true, Error::new(ErrorKind::InvalidInput, "offset too large")))?;
-    // SAFETY: `c_path` and the mode are NUL-terminated strings that outlive the call.
-    let file = unsafe { libc::fopen(c_path.as_ptr(), c"rb".as_ptr()) };
-    if file.is_null() {
-        return Err((false, Error::last_os_error()));
-    }
-    // SAFETY: `file` is a valid FILE* from fopen, not yet closed.
-    if unsafe { libc::fseeko(file, offset, libc::SEEK_SET) } != 0 {
-        let error = Error::last_os_error();
+/// Opens `path` for reading with the C runtime llama.cpp uses and positions it at `offset`.
+fn open_at(path: &Path, offset: u64) -> Result<*mut libc::FILE, LoadError> {
+    let shown = || path.display().to_string();
+    let file = c_runtime::open(path).map_err(|source| LoadError::Open { path: shown(), source })?;
+    // SAFETY: `file` is a valid FILE* from `open`, not yet closed.
+    if let Err(source) = unsafe { c_runtime::seek(file, offset) } {
         // SAFETY: as above; closed exactly once.
         unsafe { libc::fclose(file) };
-        return Err((true, error));
+        return Err(LoadError::Seek { path: shown(), offset, source });
     }
     Ok(file)
+}
+
+#[cfg(unix)]
+mod c_runtime {
+    use std::io::{Error, ErrorKind};
+    use std::path::Path;
+
+    pub fn open(path: &Path) -> Result<*mut libc::FILE, Error> {
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::new(ErrorKind::InvalidInput, "the path contains a NUL byte"))?;
+        // SAFETY: `c_path` and the mode are NUL-terminated strings that outlive the call.
+        let file = unsafe { libc::fopen(c_path.as_ptr(), c"rb".as_ptr()) };
+        if file.is_null() {
+            return Err(Error::last_os_error());
+        }
+        Ok(file)
+    }
+
+    /// # Safety
+    /// `file` must be an open FILE*.
+    pub unsafe fn seek(file: *mut libc::FILE, offset: u64) -> Result<(), Error> {
+        let offset =
+            libc::off_t::try_from(offset).map_err(|_| Error::new(ErrorKind::InvalidInput, "offset too large"))?;
+        // SAFETY: guaranteed by the caller.
+        match unsafe { libc::fseeko(file, offset, libc::SEEK_SET) } {
+            0 => Ok(()),
+            _ => Err(Error::last_os_error()),
+        }
+    }
 }
 
 /// Windows: the path as UTF-16 (`fopen` would read it in the ANSI code page), and a 64-bit seek (`fseek` takes
 /// a 32-bit `long` there). Both come from msvcrt, the C runtime that mingw-w64 built llama.cpp against.
 #[cfg(windows)]
-fn open_at(path: &Path, offset: u64) -> Result<*mut libc::FILE, (bool, std::io::Error)> {
+mod c_runtime {
     use std::io::{Error, ErrorKind};
     use std::os::windows::ffi::OsStrExt;
+    use std::path::Path;
+
     extern "C" {
         fn _wfopen(filename: *const u16, mode: *const u16) -> *mut libc::FILE;
-        fn _fseeki64(stream: *mut libc::FILE, offset: i64, origin: std::ffi::c_int) -> std::ffi::c_int;
+        fn _fseeki64(stream: *mut libc::FILE, offset: i64, origin: libc::c_int) -> libc::c_int;
     }
-    let wide: Vec<u16> = path.as_os_str().encode_wide().chain([0]).collect();
-    if wide[..wide.len() - 1].contains(&0) {
-        return Err((false, Error::new(ErrorKind::InvalidInput, "the path contains a NUL character")));
+
+    pub fn open(path: &Path) -> Result<*mut libc::FILE, Error> {
+        let wide: Vec<u16> = path.as_os_str().encode_wide().chain([0]).collect();
+        if wide[..wide.len() - 1].contains(&0) {
+            return Err(Error::new(ErrorKind::InvalidInput, "the path contains a NUL character"));
+        }
+        let mode: Vec<u16> = "rb\0".encode_utf16().collect();
+        // SAFETY: both strings are NUL-terminated UTF-16 that outlive the call.
+        let file = unsafe { _wfopen(wide.as_ptr(), mode.as_ptr()) };
+        if file.is_null() {
+            return Err(Error::last_os_error());
+        }
+        Ok(file)
     }
-    let mode: Vec<u16> = "rb\0".encode_utf16().collect();
-    let offset = i64::try_from(offset).map_err(|_| (true, Error::new(ErrorKind::InvalidInput, "offset too large")))?;
-    // SAFETY: both strings are NUL-terminated UTF-16 that outlive the call.
-    let file = unsafe { _wfopen(wide.as_ptr(), mode.as_ptr()) };
-    if file.is_null() {
-        return Err((false, Error::last_os_error()));
+
+    /// # Safety
+    /// `file` must be an open FILE*.
+    pub unsafe fn seek(file: *mut libc::FILE, offset: u64) -> Result<(), Error> {
+        let offset = i64::try_from(offset).map_err(|_| Error::new(ErrorKind::InvalidInput, "offset too large"))?;
+        // SAFETY: guaranteed by the caller.
+        match unsafe { _fseeki64(file, offset, libc::SEEK_SET) } {
+            0 => Ok(()),
+            _ => Err(Error::last_os_error()),
+        }
     }
-    // SAFETY: `file` is a valid FILE* from _wfopen, not yet closed.
-    if unsafe { _fseeki64(file, offset, libc::SEEK_SET) } != 0 {
-        let error = Error::last_os_error();
-        // SAFETY: as above; closed exactly once.
-        unsafe { libc::fclose(file) };
-        return Err((true, error));
-    }
-    Ok(file)
 }
 
 /// llama.cpp's one-line report of its backends and the features each was built with, for example
