@@ -202,6 +202,6 @@ fn sha256_of(path: &Path) -> Option<String> {
     Some(hex(&hasher.finalize()))
 }
 
-pub(super) fn hex(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
