@@ -129,7 +129,8 @@ fn a_truncated_copy_fails_clearly_instead_of_crashing() {
         let cut = scratch().join(format!("cut-{name}.stove"));
         fs::write(&cut, &bytes[..keep]).unwrap();
         fs::set_permissions(&cut, fs::Permissions::from_mode(0o755)).unwrap();
-        let output = std::process::Command::new(&cut).args(["--no-browser", "--port", "0"]).output().unwrap();
+        let output =
+            common::output_of_written_program(std::process::Command::new(&cut).args(["--no-browser", "--port", "0"]));
         assert_eq!(output.status.code(), Some(1), "{name}: {}", stderr(&output));
         let message = stderr(&output);
         assert!(message.contains("is truncated") && message.contains("copy it again"), "{name}: {message}");

@@ -57,6 +57,21 @@ pub fn run(args: &[&str]) -> Output {
     stove().args(args).stdin(Stdio::null()).output().expect("run stove")
 }
 
+/// Runs a program this test process has just written. When another test thread forks while the file is being
+/// written, its child holds a copy of the writing descriptor until it execs, and until then Linux refuses to run
+/// the file ("Text file busy", ETXTBSY); that clears within moments, so the run is tried again on that error only.
+pub fn output_of_written_program(command: &mut Command) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match command.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            result => return result.expect("run the program"),
+        }
+    }
+}
+
 /// Packs `model` into `out` with extra arguments; panics with stove's stderr if it fails.
 pub fn pack(out: &Path, extra: &[&str]) {
     let model = model();
