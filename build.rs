@@ -41,6 +41,35 @@ fn main() {
     println!("cargo:rustc-env=STOVE_BUILD_MODULE_DIR={modules}");
     println!("cargo:rustc-env=STOVE_BUILD_LIBRARY_DIR={}", libraries.display());
     println!("cargo:rustc-env=STOVE_TARGET={}", std::env::var("TARGET").expect("cargo sets TARGET"));
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        println!("cargo:rustc-env=STOVE_BUILD_GPU_RUNTIME={}", cuda_runtime_libraries());
+    }
+}
+
+/// The CUDA toolkit's runtime and cuBLAS libraries, in load order, for the engine to carry beside the CUDA
+/// module: the NVIDIA driver installs neither. Taken from the toolkit the module is built with (CUDA_PATH, as
+/// llama.cpp's CMake is given it by scripts/build-engine), by their SONAME-level names (`libcudart.so.13`).
+fn cuda_runtime_libraries() -> String {
+    println!("cargo:rerun-if-env-changed=CUDA_PATH");
+    let toolkit = std::env::var("CUDA_PATH").unwrap_or_else(|_| "/usr/local/cuda".into());
+    let lib = ["lib64", "lib"].iter().map(|dir| Path::new(&toolkit).join(dir)).find(|dir| dir.is_dir());
+    let lib = lib.unwrap_or_else(|| panic!("the cuda feature needs a CUDA toolkit: {toolkit} has no lib64/ (set CUDA_PATH, e.g. to scripts/cuda-toolkit.sh's folder)"));
+    let names: Vec<String> = fs::read_dir(&lib)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", lib.display()))
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .collect();
+    // libcublas needs libcublasLt, so it comes after it.
+    let paths: Vec<String> = ["libcudart.so.", "libcublasLt.so.", "libcublas.so."]
+        .iter()
+        .map(|prefix| {
+            let soname =
+                names.iter().find(|n| n.strip_prefix(prefix).is_some_and(|v| !v.is_empty() && !v.contains('.')));
+            let soname =
+                soname.unwrap_or_else(|| panic!("{} has no {prefix}N, which the CUDA module needs", lib.display()));
+            lib.join(soname).display().to_string()
+        })
+        .collect();
+    std::env::join_paths(paths).expect("paths without ':'").into_string().expect("UTF-8 paths")
 }
 
 fn copy_page(from: &Path, to: &Path) {

@@ -29,8 +29,8 @@ pub const LLAMA_LIBRARIES: [&str; 4] = ["ggml-base.dll", "ggml.dll", "libllama.d
 pub const ARCHIVE_DIR: &str = "engine/";
 pub const INDEX_ENTRY: &str = "engine/index.json";
 
-/// The list of an engine's files in an archive, in load order: libraries, then the engine library, then the
-/// backend modules ggml loads at run time.
+/// The list of an engine's files in an archive, in load order: libraries (llama.cpp's, then the GPU runtimes'),
+/// then the engine library, then the backend modules ggml loads at run time.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EngineIndex {
     /// The Rust target the engine was built for, e.g. `x86_64-unknown-linux-gnu`.
@@ -55,6 +55,11 @@ pub struct EngineFile {
 pub enum FileKind {
     /// Loaded by the launcher, in order, before the engine.
     Library,
+    /// A library that only a GPU module needs besides its driver (CUDA's runtime and cuBLAS, which the NVIDIA
+    /// driver does not install): loaded by the launcher before the engine, and placed only where that module's
+    /// driver is present.
+    #[serde(rename = "gpu-runtime")]
+    GpuRuntime,
     /// The engine itself (`libstove.so`).
     Engine,
     /// A ggml backend module: a CPU variant or a GPU backend, chosen and loaded by the engine.
@@ -79,31 +84,45 @@ pub struct Launch {
     pub cleanup: Option<PathBuf>,
     /// Lines the person should see, e.g. why the engine is not in memory.
     pub notes: Vec<String>,
-    /// GPU modules the launcher left where they were because their driver library is not on this machine:
-    /// they could not load, so copying them out would only slow the start (the Vulkan module is 30 MB).
-    pub absent: Vec<AbsentModule>,
+    /// GPU modules, and the runtime libraries only they need, that the launcher left where they were because
+    /// their driver is not on this machine: they could not run, so copying them out would only slow the start
+    /// (the Vulkan module is 30 MB, CUDA's runtime and cuBLAS 600 MB).
+    pub absent: Vec<AbsentFile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AbsentModule {
-    /// The module's file name, e.g. `libggml-vulkan.so`.
+pub struct AbsentFile {
+    /// The file's name, e.g. `libggml-vulkan.so`.
     pub name: String,
-    /// Why it cannot load here, e.g. `libvulkan.so.1 is not installed`.
+    pub kind: FileKind,
+    /// Why it cannot be used here, e.g. `libvulkan.so.1 is not installed`.
     pub reason: String,
 }
 
-/// The library a GPU module needs from the machine's GPU driver, by the module's file name; `None` for CPU
-/// variants and modules that need nothing beyond the engine.
-pub fn driver_library(module_file: &str) -> Option<&'static str> {
-    let (vulkan, cuda) =
-        if cfg!(windows) { ("vulkan-1.dll", "nvcuda.dll") } else { ("libvulkan.so.1", "libcuda.so.1") };
-    if module_file.contains("ggml-vulkan") {
-        Some(vulkan)
-    } else if module_file.contains("ggml-cuda") {
-        Some(cuda)
+/// The library an engine file needs from the machine's GPU driver, by the file's name: a GPU module's, or the
+/// CUDA runtime's and cuBLAS's (`libcudart.so.13`, `cublas64_13.dll`); `None` for CPU variants and the rest.
+pub fn driver_library(file_name: &str) -> Option<&'static str> {
+    if file_name.contains("ggml-vulkan") {
+        Some(VULKAN_LOADER)
+    } else if ["ggml-cuda", "cudart", "cublas"].iter().any(|part| file_name.contains(part)) {
+        Some(CUDA_DRIVER)
     } else {
         None
     }
+}
+
+/// The Vulkan loader, which every Vulkan driver installs.
+pub const VULKAN_LOADER: &str = if cfg!(windows) { "vulkan-1.dll" } else { "libvulkan.so.1" };
+/// The NVIDIA driver's own library, which CUDA's runtime and ggml's CUDA module call into.
+pub const CUDA_DRIVER: &str = if cfg!(windows) { "nvcuda.dll" } else { "libcuda.so.1" };
+
+/// The CUDA major version a CUDA runtime library is for, from its file name (`libcudart.so.13`,
+/// `cudart64_13.dll`): the NVIDIA driver must support at least that version.
+pub fn cuda_runtime_major(file_name: &str) -> Option<u32> {
+    let version = file_name
+        .strip_prefix("libcudart.so.")
+        .or_else(|| file_name.strip_prefix("cudart64_")?.strip_suffix(".dll"))?;
+    version.split('.').next()?.parse().ok()
 }
 
 /// Why a library could not be loaded, in words a person can act on: "libvulkan.so.1 is not installed" for the
@@ -167,6 +186,18 @@ mod tests {
         assert_eq!(driver_library("libggml-vulkan.so"), Some(vulkan));
         assert_eq!(driver_library("ggml-vulkan.dll"), Some(vulkan));
         assert!(driver_library("libggml-cuda.so").is_some());
+        assert_eq!(driver_library("libcublasLt.so.13"), driver_library("libggml-cuda.so"));
+        assert_eq!(driver_library("cudart64_13.dll"), driver_library("libggml-cuda.so"));
         assert_eq!(driver_library("libggml-cpu-haswell.so"), None);
+        assert_eq!(driver_library("libllama.so.0"), None);
+    }
+
+    #[test]
+    fn the_cuda_version_a_runtime_needs_comes_from_its_name() {
+        assert_eq!(cuda_runtime_major("libcudart.so.13"), Some(13));
+        assert_eq!(cuda_runtime_major("libcudart.so.12.8.90"), Some(12));
+        assert_eq!(cuda_runtime_major("cudart64_13.dll"), Some(13));
+        assert_eq!(cuda_runtime_major("libcublas.so.13"), None);
+        assert_eq!(cuda_runtime_major("libggml-cuda.so"), None);
     }
 }

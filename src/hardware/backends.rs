@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 
-use crate::launch::PlacedFile;
+use crate::launch::{FileKind, PlacedFile};
 
 /// `--gpu`: which GPU backend may be loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -97,8 +97,10 @@ pub fn current() -> &'static Backends {
 fn load_with(gpu: GpuChoice) -> Backends {
     let launch = crate::launch();
     let mut backends = load_modules(launch.modules(), gpu);
-    // GPU modules the launcher did not place, because their driver library is missing here.
-    backends.modules.extend(launch.absent.iter().map(|absent| ModuleState {
+    // GPU modules the launcher did not place, because their driver is missing here (their runtime libraries
+    // went with them and need no line of their own).
+    let absent_modules = launch.absent.iter().filter(|absent| absent.kind == FileKind::Module);
+    backends.modules.extend(absent_modules.map(|absent| ModuleState {
         name: short_name(&absent.name),
         loaded: false,
         score: None,

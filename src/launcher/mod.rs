@@ -7,6 +7,7 @@
 //! llama.cpp's libraries and the engine in order, and calls the engine with a [`Launch`] saying where
 //! everything is. Run from a build directory (`cargo build`), it takes the files the build left there instead.
 
+mod drivers;
 #[cfg(target_os = "linux")]
 mod memory;
 mod placement;
@@ -18,9 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::launch::{
-    driver_library, load_failure, AbsentModule, EngineIndex, FileKind, Launch, PlacedFile, ENGINE_ENTRY,
-    ENGINE_LIBRARY, INDEX_ENTRY, LLAMA_LIBRARIES,
+    driver_library, AbsentFile, EngineIndex, FileKind, Launch, PlacedFile, ENGINE_ENTRY, ENGINE_LIBRARY, INDEX_ENTRY,
+    LLAMA_LIBRARIES,
 };
+use drivers::Drivers;
 
 /// Where `cargo build` left llama.cpp's libraries and backend modules (from llama-cpp-sys-2, via build.rs).
 const BUILD_LIBRARY_DIR: &str = env!("STOVE_BUILD_LIBRARY_DIR");
@@ -52,39 +54,15 @@ fn end_after_engine(code: c_int) -> ExitCode {
 
 fn start() -> Result<c_int, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable's own file: {e}"))?;
-    let launch = match open_archive(&exe)? {
+    let mut launch = match open_archive(&exe)? {
         Some((archive, mut index, index_json)) => {
-            let absent = leave_out_absent_gpu_modules(&mut index);
+            let absent =
+                Drivers::for_files(index.files.iter().map(|f| f.name.as_str())).leave_out_unusable(&mut index.files);
             Launch { absent, ..placement::place(&exe, archive, &index, &index_json)? }
         }
         None => from_build_directory(&exe)?,
     };
-    run_engine(&launch)
-}
-
-/// Takes out of `index` the GPU modules whose driver library does not load on this machine, so they are not
-/// copied out only to fail (the Vulkan module is 30 MB: on a USB stick, a second of every start). A driver
-/// library that loads stays loaded: the module needs it next.
-fn leave_out_absent_gpu_modules(index: &mut EngineIndex) -> Vec<AbsentModule> {
-    let mut absent = Vec::new();
-    index.files.retain(|file| {
-        let Some(driver) = driver_library(&file.name).filter(|_| file.kind == FileKind::Module) else {
-            return true;
-        };
-        // SAFETY: a GPU driver's own library, which the module would load anyway; its initialisers only set up
-        // its own state.
-        match unsafe { libloading::Library::new(driver) } {
-            Ok(library) => {
-                std::mem::forget(library);
-                true
-            }
-            Err(error) => {
-                absent.push(AbsentModule { name: file.name.clone(), reason: load_failure(&error, Some(driver)) });
-                false
-            }
-        }
-    });
-    absent
+    run_engine(&mut launch)
 }
 
 /// A stove file's archive, its engine index, and the index's exact bytes.
@@ -135,6 +113,11 @@ fn from_build_directory(exe: &Path) -> Result<Launch, String> {
         .iter()
         .map(|name| PlacedFile { name: name.to_string(), kind: FileKind::Library, path: library_dir.join(name) })
         .collect();
+    // CUDA's runtime and cuBLAS, from the toolkit the CUDA module was built with (build.rs names them).
+    for path in option_env!("STOVE_BUILD_GPU_RUNTIME").map(std::env::split_paths).into_iter().flatten() {
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        files.push(PlacedFile { name, kind: FileKind::GpuRuntime, path });
+    }
     let engine = built_engine_library(exe)
         .ok_or(format!("{ENGINE_LIBRARY} is missing; build stove again (`cargo build --release`)"))?;
     files.push(PlacedFile { name: ENGINE_LIBRARY.into(), kind: FileKind::Engine, path: engine });
@@ -173,20 +156,20 @@ fn built_engine_library(exe: &Path) -> Option<PathBuf> {
     [beside, in_deps].into_iter().filter_map(|path| Some((modified(&path)?, path))).max().map(|(_, path)| path)
 }
 
-/// Loads llama.cpp's libraries and the engine, in order, and runs the engine. They stay loaded until exit.
-fn run_engine(launch: &Launch) -> Result<c_int, String> {
-    let mut engine = None;
-    for file in launch.files.iter().filter(|f| f.kind != FileKind::Module) {
-        let library = load_library(&file.path)
-            .map_err(|e| format!("cannot load the engine's {} ({}): {e}", file.name, file.path.display()))?;
-        if file.kind == FileKind::Engine {
-            engine = Some(library);
-        } else {
-            // Never unloaded: everything after depends on it.
-            std::mem::forget(library);
-        }
+/// Loads llama.cpp's libraries, the GPU runtimes and the engine, in order, and runs the engine. They stay loaded
+/// until exit.
+fn run_engine(launch: &mut Launch) -> Result<c_int, String> {
+    let cannot_load = |file: &PlacedFile, e: libloading::Error| {
+        format!("cannot load the engine's {} ({}): {e}", file.name, file.path.display())
+    };
+    for file in launch.files.iter().filter(|f| f.kind == FileKind::Library) {
+        // Never unloaded: everything after depends on it.
+        std::mem::forget(load_library(&file.path).map_err(|e| cannot_load(file, e))?);
     }
-    let engine = engine.ok_or("the engine library is missing from the engine's files")?;
+    load_gpu_runtimes(launch);
+    let file = launch.files.iter().find(|f| f.kind == FileKind::Engine);
+    let file = file.ok_or("the engine library is missing from the engine's files")?;
+    let engine = load_library(&file.path).map_err(|e| cannot_load(file, e))?;
     // SAFETY: `stove_main` is declared in lib.rs with exactly this signature.
     let entry = unsafe { engine.get::<EngineEntry>(ENGINE_ENTRY) }
         .map_err(|e| format!("the engine library has no entry point: {e}"))?;
@@ -197,6 +180,32 @@ fn run_engine(launch: &Launch) -> Result<c_int, String> {
     // The engine's threads may still run until exit; its code must stay mapped.
     std::mem::forget(engine);
     Ok(code)
+}
+
+/// Loads the libraries GPU modules need besides their driver (CUDA's runtime and cuBLAS), so the module finds
+/// them by SONAME. One that cannot load here takes its GPU module out of the launch with it: the CPU still runs.
+fn load_gpu_runtimes(launch: &mut Launch) {
+    let mut failed = None;
+    for file in launch.files.iter().filter(|f| f.kind == FileKind::GpuRuntime) {
+        match load_library(&file.path) {
+            Ok(library) => std::mem::forget(library),
+            Err(e) => {
+                let reason = format!("cannot load {}: {}", file.name, crate::launch::load_failure(&e, None));
+                failed = Some((driver_library(&file.name), reason));
+                break;
+            }
+        }
+    }
+    let Some((driver, reason)) = failed else { return };
+    let (unusable, usable): (Vec<PlacedFile>, Vec<PlacedFile>) = std::mem::take(&mut launch.files)
+        .into_iter()
+        .partition(|f| matches!(f.kind, FileKind::Module | FileKind::GpuRuntime) && driver_library(&f.name) == driver);
+    launch.files = usable;
+    launch.absent.extend(unusable.into_iter().map(|f| AbsentFile {
+        name: f.name,
+        kind: f.kind,
+        reason: reason.clone(),
+    }));
 }
 
 /// Loads one of the engine's libraries so that what loads later finds it instead of searching the host.

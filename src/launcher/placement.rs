@@ -2,11 +2,12 @@
 //!
 //! First choice, on Linux, memory: each file is copied into an anonymous memory file (`memfd_create`) and loaded
 //! through `/proc/self/fd/N`; nothing touches a disk. Where the kernel refuses that (no memfd, or executable
-//! memfds forbidden by `vm.memfd_noexec`), and always on Windows, which can load a DLL only from a file, the
-//! files are extracted once into a per-user cache named after the engine's hash (`~/.cache/stove/engine`,
-//! `%LOCALAPPDATA%\stove\engine`) and checked against their SHA-256 before every use. Where the cache cannot be
-//! written (read-only home, full disk), a temporary directory is used for this run and removed once loaded
-//! (not on Windows, where a loaded DLL cannot be deleted: there it is left to the system's temporary-file cleanup).
+//! memfds forbidden by `vm.memfd_noexec`), where CUDA's 600 MB runtime is to be placed, and always on Windows,
+//! which can load a DLL only from a file, the files are extracted once into a per-user cache named after the
+//! engine's hash (`~/.cache/stove/engine`, `%LOCALAPPDATA%\stove\engine`) and checked against their SHA-256
+//! before every use. Where the cache cannot be written (read-only home, full disk), a temporary directory is used
+//! for this run and removed once loaded (not on Windows, where a loaded DLL cannot be deleted: there it is left
+//! to the system's temporary-file cleanup).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -27,10 +28,15 @@ pub fn place(exe: &Path, mut archive: Archive, index: &EngineIndex, index_json: 
         target: index.target.clone(),
         ..Launch::default()
     };
+    // CUDA's runtime and cuBLAS are 600 MB, of which a run uses a small part: mapped from a file, the rest is
+    // never read into memory, but copied into memory files all of it would be, for as long as stove runs. An
+    // engine that places them goes to the cache instead (a GPU machine has a disk; the files are SHA-256 checked).
+    #[cfg(target_os = "linux")]
+    let carries_gpu_runtime = index.files.iter().any(|f| f.kind == crate::launch::FileKind::GpuRuntime);
     #[cfg(target_os = "linux")]
     if std::env::var_os("STOVE_ENGINE_IN_MEMORY").is_some_and(|v| v == "0") {
         launch.notes.push("engine files not placed in memory: STOVE_ENGINE_IN_MEMORY=0".into());
-    } else {
+    } else if !carries_gpu_runtime {
         match super::memory::place(&mut archive, index) {
             Ok(files) => {
                 launch.placement = "memory".into();

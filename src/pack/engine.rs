@@ -25,9 +25,14 @@ pub struct SourceFile {
 }
 
 impl SourceFile {
-    /// A GPU backend (`libggml-vulkan.so`, `libggml-cuda.so`): a module that is not one of the CPU variants.
-    pub fn is_gpu_module(&self) -> bool {
-        self.kind == FileKind::Module && !crate::hardware::backends::is_cpu_variant(&self.name)
+    /// A GPU backend (`libggml-vulkan.so`, `libggml-cuda.so`: a module that is not one of the CPU variants), or a
+    /// library only such a backend needs (CUDA's runtime and cuBLAS).
+    pub fn is_for_gpu_only(&self) -> bool {
+        match self.kind {
+            FileKind::Module => !crate::hardware::backends::is_cpu_variant(&self.name),
+            FileKind::GpuRuntime => true,
+            FileKind::Library | FileKind::Engine => false,
+        }
     }
 }
 
@@ -186,4 +191,20 @@ fn copy_hashed(from: impl Read, to: &mut impl Write) -> io::Result<(u64, String)
 
 fn annotate(error: io::Error, name: &str, from: &Path) -> io::Error {
     io::Error::new(error.kind(), format!("while copying the engine's {name} from {}: {error}", from.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_only_packs_leave_out_gpu_modules_and_their_runtimes() {
+        let file = |name: &str, kind| SourceFile { name: name.into(), kind, origin: Origin::Path(PathBuf::new()) };
+        assert!(file("libggml-vulkan.so", FileKind::Module).is_for_gpu_only());
+        assert!(file("libggml-cuda.so", FileKind::Module).is_for_gpu_only());
+        assert!(file("libcublasLt.so.13", FileKind::GpuRuntime).is_for_gpu_only());
+        assert!(!file("libggml-cpu-haswell.so", FileKind::Module).is_for_gpu_only());
+        assert!(!file("libggml-base.so.0", FileKind::Library).is_for_gpu_only());
+        assert!(!file("libstove.so", FileKind::Engine).is_for_gpu_only());
+    }
 }

@@ -61,7 +61,7 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
         None => EngineSource::running()?,
     };
     if args.cpu_only {
-        engine.files.retain(|file| !file.is_gpu_module());
+        engine.files.retain(|file| !file.is_for_gpu_only());
     }
     let target = engine.target.clone();
     if args.engine_only {
