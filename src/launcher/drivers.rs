@@ -57,21 +57,53 @@ fn check(driver: &'static str, cuda_major: Option<u32>) -> Result<(), String> {
     result
 }
 
-/// Whether the NVIDIA driver supports CUDA `needed`.0 or newer: an older driver loads, but CUDA's runtime then
-/// finds no GPU, after 600 MB of runtime libraries were copied out for nothing.
+/// Whether the NVIDIA driver and its GPUs can run a CUDA module built for CUDA `needed`: the driver must support
+/// that CUDA (an older one loads, but CUDA's runtime then finds no GPU, after 600 MB of runtime libraries were
+/// copied out for nothing), and every GPU must be one that CUDA still compiles for (on an older one the module's
+/// first kernel fails, and ggml stops the process).
 fn cuda_driver_supports(driver: &libloading::Library, needed: u32) -> Result<(), String> {
-    type DriverGetVersion = unsafe extern "C" fn(*mut c_int) -> c_int;
-    // SAFETY: cuDriverGetVersion has had this signature since CUDA 2.2 and may be called before cuInit.
-    let Ok(get_version) = (unsafe { driver.get::<DriverGetVersion>(b"cuDriverGetVersion\0") }) else {
-        return Err("the NVIDIA driver's library has no cuDriverGetVersion; reinstall the driver".into());
-    };
-    let mut version: c_int = 0;
-    // SAFETY: writes one int to a local that outlives the call.
-    let status = unsafe { get_version(&mut version) };
-    if status != 0 {
-        return Err(format!("the NVIDIA driver did not say which CUDA it supports (error {status})"));
+    type GetInt = unsafe extern "C" fn(*mut c_int) -> c_int;
+    type Init = unsafe extern "C" fn(u32) -> c_int;
+    type DeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
+    type DeviceGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int;
+    const NO_DEVICE: c_int = 100;
+    const COMPUTE_CAPABILITY_MAJOR: c_int = 75;
+    const COMPUTE_CAPABILITY_MINOR: c_int = 76;
+    let missing = |name: &str| format!("the NVIDIA driver's library has no {name}; reinstall the driver");
+    // SAFETY: the driver API's signatures, unchanged since CUDA 2 (cuDriverGetVersion may be called before
+    // cuInit; the others after it). Each writes only to the locals passed in, which outlive the calls. cuInit runs
+    // once per process; the CUDA module's own start then finds the driver ready.
+    unsafe {
+        let get_version = driver.get::<GetInt>(b"cuDriverGetVersion\0").map_err(|_| missing("cuDriverGetVersion"))?;
+        let mut version = 0;
+        match get_version(&mut version) {
+            0 => too_old(version, needed).map_or(Ok(()), Err)?,
+            status => return Err(format!("the NVIDIA driver did not say which CUDA it supports (error {status})")),
+        }
+        let init = driver.get::<Init>(b"cuInit\0").map_err(|_| missing("cuInit"))?;
+        let device_count = driver.get::<GetInt>(b"cuDeviceGetCount\0").map_err(|_| missing("cuDeviceGetCount"))?;
+        let device = driver.get::<DeviceGet>(b"cuDeviceGet\0").map_err(|_| missing("cuDeviceGet"))?;
+        let attribute =
+            driver.get::<DeviceGetAttribute>(b"cuDeviceGetAttribute\0").map_err(|_| missing("cuDeviceGetAttribute"))?;
+        let mut count = 0;
+        match init(0) {
+            0 if device_count(&mut count) == 0 && count > 0 => {}
+            0 | NO_DEVICE => return Err("the NVIDIA driver found no GPU".into()),
+            status => return Err(format!("the NVIDIA driver could not start (CUDA error {status})")),
+        }
+        let mut capabilities = Vec::new();
+        for ordinal in 0..count {
+            let (mut handle, mut major, mut minor) = (0, 0, 0);
+            if device(&mut handle, ordinal) != 0
+                || attribute(&mut major, COMPUTE_CAPABILITY_MAJOR, handle) != 0
+                || attribute(&mut minor, COMPUTE_CAPABILITY_MINOR, handle) != 0
+            {
+                return Err(format!("the NVIDIA driver could not describe GPU {ordinal}"));
+            }
+            capabilities.push((major, minor));
+        }
+        gpus_too_old(&capabilities, needed).map_or(Ok(()), Err)
     }
-    too_old(version, needed).map_or(Ok(()), Err)
 }
 
 /// `version` as the driver reports it: 1000 × major + 10 × minor.
@@ -83,6 +115,24 @@ fn too_old(version: c_int, needed: u32) -> Option<String> {
              newer: update the NVIDIA driver"
         )
     })
+}
+
+/// Why GPUs of these compute capabilities cannot run a module built with CUDA `cuda_major`, if one cannot.
+/// CUDA 13 compiles for Turing (7.5) and newer, CUDA 12 for Maxwell (5.0) and newer. An older GPU beside newer
+/// ones cannot be hidden from CUDA here (CUDA_VISIBLE_DEVICES is read once, by the cuInit just made), so the
+/// module is left out and Vulkan, which runs on all of them, is used instead.
+fn gpus_too_old(capabilities: &[(c_int, c_int)], cuda_major: u32) -> Option<String> {
+    let oldest = if cuda_major >= 13 { (7, 5) } else { (5, 0) };
+    let (ordinal, (major, minor)) = capabilities.iter().enumerate().find(|(_, &cc)| cc < oldest)?;
+    let which = if capabilities.len() == 1 { "the NVIDIA GPU".to_string() } else { format!("GPU {ordinal}") };
+    let mut reason = format!(
+        "{which} has compute capability {major}.{minor}, and CUDA {cuda_major} runs on {}.{} and newer",
+        oldest.0, oldest.1
+    );
+    if capabilities.iter().any(|&cc| cc >= oldest) {
+        reason.push_str("; to use CUDA on the others, hide it with CUDA_VISIBLE_DEVICES");
+    }
+    Some(reason)
 }
 
 #[cfg(test)]
@@ -101,6 +151,25 @@ mod tests {
         assert_eq!(too_old(13000, 13), None);
         assert_eq!(too_old(13020, 13), None);
         assert_eq!(too_old(14000, 13), None);
+    }
+
+    #[test]
+    fn gpus_older_than_the_cuda_version_supports_are_named() {
+        assert_eq!(gpus_too_old(&[(8, 6)], 13), None);
+        assert_eq!(gpus_too_old(&[(7, 5), (12, 0)], 13), None);
+        assert_eq!(
+            gpus_too_old(&[(6, 1)], 13).as_deref(),
+            Some("the NVIDIA GPU has compute capability 6.1, and CUDA 13 runs on 7.5 and newer")
+        );
+        assert_eq!(
+            gpus_too_old(&[(8, 9), (7, 0)], 13).as_deref(),
+            Some(
+                "GPU 1 has compute capability 7.0, and CUDA 13 runs on 7.5 and newer; to use CUDA on the others, \
+                 hide it with CUDA_VISIBLE_DEVICES"
+            )
+        );
+        assert_eq!(gpus_too_old(&[(6, 1)], 12), None);
+        assert!(gpus_too_old(&[(3, 7)], 12).is_some());
     }
 
     #[test]
