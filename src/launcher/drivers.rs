@@ -8,7 +8,6 @@ use std::ffi::c_int;
 use crate::launch::{cuda_runtime_major, driver_library, load_failure, AbsentFile, EngineFile, FileKind, CUDA_DRIVER};
 
 /// The driver libraries tried so far: whether each can be used, and why not.
-#[derive(Default)]
 pub(super) struct Drivers {
     checked: HashMap<&'static str, Result<(), String>>,
     /// The CUDA major version the engine's CUDA runtime needs from the driver, when it carries one.
