@@ -8,33 +8,34 @@ use std::ffi::c_int;
 use crate::launch::{cuda_runtime_major, driver_library, load_failure, AbsentFile, EngineFile, FileKind, CUDA_DRIVER};
 
 /// The driver libraries tried so far: whether each can be used, and why not.
-pub(super) struct Drivers {
+struct Drivers {
     checked: HashMap<&'static str, Result<(), String>>,
     /// The CUDA major version the engine's CUDA runtime needs from the driver, when it carries one.
     cuda_major: Option<u32>,
 }
 
-impl Drivers {
-    pub fn for_files<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
-        Drivers { checked: HashMap::new(), cuda_major: names.into_iter().find_map(cuda_runtime_major) }
-    }
+/// Takes out of an engine's `files` those whose driver cannot be used here, and says why for each.
+pub(super) fn leave_out_unusable(files: &mut Vec<EngineFile>) -> Vec<AbsentFile> {
+    let mut drivers = Drivers::for_files(files.iter().map(|f| f.name.as_str()));
+    let mut absent = Vec::new();
+    files.retain(|file| match drivers.why_unusable(&file.name, file.kind) {
+        None => true,
+        Some(reason) => {
+            absent.push(AbsentFile { name: file.name.clone(), kind: file.kind, reason });
+            false
+        }
+    });
+    absent
+}
 
-    /// Takes out of `files` those whose driver cannot be used here, and says why for each.
-    pub fn leave_out_unusable(&mut self, files: &mut Vec<EngineFile>) -> Vec<AbsentFile> {
-        let mut absent = Vec::new();
-        files.retain(|file| match self.why_unusable(&file.name, file.kind) {
-            None => true,
-            Some(reason) => {
-                absent.push(AbsentFile { name: file.name.clone(), kind: file.kind, reason });
-                false
-            }
-        });
-        absent
+impl Drivers {
+    fn for_files<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        Drivers { checked: HashMap::new(), cuda_major: names.into_iter().find_map(cuda_runtime_major) }
     }
 
     /// Why a GPU module or GPU runtime library cannot be used on this machine; `None` when it can, and for every
     /// other file. A driver library that loads stays loaded: the module needs it next.
-    pub fn why_unusable(&mut self, file_name: &str, kind: FileKind) -> Option<String> {
+    fn why_unusable(&mut self, file_name: &str, kind: FileKind) -> Option<String> {
         if !matches!(kind, FileKind::Module | FileKind::GpuRuntime) {
             return None;
         }

@@ -22,7 +22,6 @@ use crate::launch::{
     driver_library, AbsentFile, EngineIndex, FileKind, Launch, PlacedFile, ENGINE_ENTRY, ENGINE_LIBRARY, INDEX_ENTRY,
     LLAMA_LIBRARIES,
 };
-use drivers::Drivers;
 
 /// Where `cargo build` left llama.cpp's libraries and backend modules (from llama-cpp-sys-2, via build.rs).
 const BUILD_LIBRARY_DIR: &str = env!("STOVE_BUILD_LIBRARY_DIR");
@@ -56,8 +55,7 @@ fn start() -> Result<c_int, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable's own file: {e}"))?;
     let mut launch = match open_archive(&exe)? {
         Some((archive, mut index, index_json)) => {
-            let absent =
-                Drivers::for_files(index.files.iter().map(|f| f.name.as_str())).leave_out_unusable(&mut index.files);
+            let absent = drivers::leave_out_unusable(&mut index.files);
             Launch { absent, ..placement::place(&exe, archive, &index, &index_json)? }
         }
         None => from_build_directory(&exe)?,
@@ -197,9 +195,12 @@ fn load_gpu_runtimes(launch: &mut Launch) {
         }
     }
     let Some((driver, reason)) = failed else { return };
-    let (unusable, usable): (Vec<PlacedFile>, Vec<PlacedFile>) = std::mem::take(&mut launch.files)
-        .into_iter()
-        .partition(|f| matches!(f.kind, FileKind::Module | FileKind::GpuRuntime) && driver_library(&f.name) == driver);
+    // The runtimes, and the GPU module of the same driver (never a CPU variant: those have none).
+    let (unusable, usable): (Vec<PlacedFile>, Vec<PlacedFile>) =
+        std::mem::take(&mut launch.files).into_iter().partition(|f| {
+            f.kind == FileKind::GpuRuntime
+                || (f.kind == FileKind::Module && driver.is_some() && driver_library(&f.name) == driver)
+        });
     launch.files = usable;
     launch.absent.extend(unusable.into_iter().map(|f| AbsentFile {
         name: f.name,
