@@ -1,5 +1,6 @@
 //! Compile-time half of the bundle: copies the chat page from `web/` into the build, with a gzip copy of each
-//! text file so the server can send it compressed without compressing per request, and records build info.
+//! text file so the server can send it compressed without compressing per request, records build info, and
+//! compiles the C++ shim over llama.cpp's chat layer (`src/llama/chat_shim.cpp`).
 
 use std::fs;
 use std::io::Write;
@@ -44,6 +45,61 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         println!("cargo:rustc-env=STOVE_BUILD_GPU_RUNTIME={}", cuda_runtime_libraries());
     }
+    chat_shim();
+}
+
+/// llama.cpp's chat layer (Jinja templates, tool-call grammars, the answer parser) is C++ in `libllama-common`,
+/// which llama-cpp-2 does not wrap; `src/llama/chat_shim.cpp` gives it a JSON-in, JSON-out C face. It is
+/// compiled against the headers of the same llama.cpp that llama-cpp-sys-2 builds (its crate folder, which
+/// that crate does not export, hence the search; `STOVE_LLAMA_CPP_SOURCE` names it directly) and resolves
+/// against the `libllama-common` the engine already loads.
+fn chat_shim() {
+    println!("cargo:rerun-if-changed=src/llama/chat_shim.cpp");
+    println!("cargo:rerun-if-env-changed=STOVE_LLAMA_CPP_SOURCE");
+    let source = llama_cpp_source();
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .file("src/llama/chat_shim.cpp")
+        .include(source.join("common"))
+        .include(source.join("include"))
+        .include(source.join("ggml/include"))
+        .include(source.join("vendor"))
+        .pic(true)
+        .warnings(false)
+        // The engine links the C++ runtime statically (.cargo/config.toml); the default would add libstdc++.so.
+        .cpp_link_stdlib(None)
+        .compile("stove_chat_shim");
+}
+
+/// The llama.cpp tree vendored by the pinned llama-cpp-sys-2 (Cargo.toml), in Cargo's registry sources.
+fn llama_cpp_source() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("STOVE_LLAMA_CPP_SOURCE") {
+        return path.into();
+    }
+    let lock = fs::read_to_string("Cargo.lock").expect("Cargo.lock is committed");
+    let version = lock
+        .split("[[package]]")
+        .find(|block| block.contains("name = \"llama-cpp-sys-2\""))
+        .and_then(|block| block.lines().find_map(|line| line.strip_prefix("version = \"")))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .expect("Cargo.lock lists llama-cpp-sys-2");
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
+        .expect("CARGO_HOME or HOME is set");
+    let registry = cargo_home.join("registry").join("src");
+    let found = fs::read_dir(&registry).ok().into_iter().flatten().filter_map(Result::ok).find_map(|index| {
+        let tree = index.path().join(format!("llama-cpp-sys-2-{version}")).join("llama.cpp");
+        tree.join("common").join("chat.h").is_file().then_some(tree)
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "cannot find llama-cpp-sys-2 {version}'s llama.cpp under {}; run `cargo fetch`, or set \
+             STOVE_LLAMA_CPP_SOURCE to its llama.cpp folder",
+            registry.display()
+        )
+    })
 }
 
 /// The CUDA toolkit's runtime and cuBLAS libraries, in load order, for the engine to carry beside the CUDA

@@ -3,7 +3,8 @@
 # compiler and libclang (llama.cpp and its bindings), glslc, SPIR-V headers and the Vulkan loader (the Vulkan
 # module); with --test also Mesa's software Vulkan device (the GPU test), Chromium (the page's browser test),
 # qemu-user and binutils (the engine test runs the file on an emulated processor without AVX and reads its
-# libraries' needs), and the official `openai` Python client in a virtual environment under ~/.cache/stove/venv (the API test).
+# libraries' needs), and in a virtual environment under ~/.cache/stove/venv the official `openai` and `anthropic`
+# Python clients (the API tests) and the `gguf` package (the template tests write models with other templates).
 # Installs only what is missing; uses sudo when not root.
 set -euo pipefail
 
@@ -24,6 +25,8 @@ if [[ "${1:-}" == --test ]]; then
   python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
   command -v qemu-x86_64 >/dev/null || need+=(qemu-user)
   command -v readelf >/dev/null || need+=(binutils)
+  # scripts/llama-cpp-tools fetches llama.cpp's sdist (llama-server and published chat templates for the tests).
+  command -v curl >/dev/null || need+=(curl)
 fi
 if [[ ${#need[@]} -gt 0 ]]; then
   sudo=""
@@ -34,12 +37,15 @@ if [[ ${#need[@]} -gt 0 ]]; then
 fi
 
 if [[ "${1:-}" == --test ]]; then
-  # Pinned, so the test runs against a known client; pip reaches PyPI once, then the venv is reused.
+  # Pinned, so the tests run against known clients; pip reaches PyPI once, then the venv is reused.
   venv="${XDG_CACHE_HOME:-$HOME/.cache}/stove/venv"
-  openai_version="3.54.0"
-  if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$openai_version')" 2>/dev/null; then
-    echo "installing the openai Python client $openai_version into $venv ..." >&2
+  pins=(openai==3.54.0 anthropic==2.15.0 gguf==0.19.0)
+  if ! "$venv/bin/python" - "${pins[@]}" <<'PY' 2>/dev/null; then
+import importlib.metadata, sys
+sys.exit(any(importlib.metadata.version(name) != version for name, version in (p.split("==") for p in sys.argv[1:])))
+PY
+    echo "installing ${pins[*]} into $venv ..." >&2
     python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install -q "openai==$openai_version" >&2
+    "$venv/bin/pip" install -q "${pins[@]}" >&2
   fi
 fi

@@ -10,6 +10,7 @@
 //! | `stove/manifest.json` | [`Manifest`]: what the model is, who packed it, every part's SHA-256 |
 //! | `stove/signature.json`| optional Ed25519 signature over the manifest's bytes ([`crate::signing`]) |
 //! | `stove/args.json`     | optional default arguments, a JSON array of strings          |
+//! | `stove/chat_template.jinja` | optional chat template that replaces the model's own   |
 //! | `web/...`             | optional chat page files that replace the built-in ones      |
 //!
 //! The model comes first so that a bundle cut short (a copy to a USB stick that did not finish) can still be
@@ -27,6 +28,9 @@ use crate::gguf::{self, GgufError, GgufInfo};
 pub const MODEL_ENTRY: &str = "stove/model.gguf";
 pub const MANIFEST_ENTRY: &str = "stove/manifest.json";
 pub const ARGS_ENTRY: &str = "stove/args.json";
+pub const CHAT_TEMPLATE_ENTRY: &str = "stove/chat_template.jinja";
+/// Largest chat template a bundle may carry (published ones are a few KiB to tens of KiB).
+pub const MAX_CHAT_TEMPLATE_BYTES: usize = 1 << 20;
 pub const SIGNATURE_ENTRY: &str = "stove/signature.json";
 pub const WEB_PREFIX: &str = "web/";
 
@@ -56,6 +60,9 @@ pub struct Manifest {
     /// SHA-256 of `stove/args.json`, when the bundle has default arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args_sha256: Option<String>,
+    /// SHA-256 of `stove/chat_template.jinja`, when the bundle carries its own chat template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template_sha256: Option<String>,
     /// SHA-256 of each `web/` file, by its name under `web/`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub web: Vec<FileDigest>,
@@ -108,6 +115,8 @@ pub struct Bundle {
     pub manifest_bytes: Vec<u8>,
     /// The exact bytes of `stove/args.json`, if present.
     pub args_bytes: Option<Vec<u8>>,
+    /// `stove/chat_template.jinja`, if the bundle carries a chat template of its own.
+    pub chat_template: Option<String>,
     /// `stove/signature.json`, if the bundle is signed.
     pub signature: Option<Vec<u8>>,
 }
@@ -234,6 +243,15 @@ impl Bundle {
                 .map_err(|e| corrupt(path, format!("{ARGS_ENTRY} is not a JSON array of strings: {e}")))?,
             None => Vec::new(),
         };
+        let chat_template = match archive.index_for_name(CHAT_TEMPLATE_ENTRY) {
+            Some(_) => {
+                let bytes = read_entry(&mut archive, path, CHAT_TEMPLATE_ENTRY, MAX_CHAT_TEMPLATE_BYTES as u64)?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| corrupt(path, format!("{CHAT_TEMPLATE_ENTRY} is not UTF-8 text")))?;
+                Some(text)
+            }
+            None => None,
+        };
         let signature = match archive.index_for_name(SIGNATURE_ENTRY) {
             Some(_) => Some(read_entry(&mut archive, path, SIGNATURE_ENTRY, 64 << 10)?),
             None => None,
@@ -252,7 +270,7 @@ impl Bundle {
             web.push((name[WEB_PREFIX.len()..].to_string(), data));
         }
         let model = ModelSpan { path: path.to_path_buf(), offset: model_offset, len: model_len };
-        Ok(Some(Bundle { manifest, model, default_args, web, manifest_bytes, args_bytes, signature }))
+        Ok(Some(Bundle { manifest, model, default_args, web, manifest_bytes, args_bytes, chat_template, signature }))
     }
 }
 
@@ -373,6 +391,7 @@ mod tests {
                 name: None,
                 engine,
                 web: Some(web),
+                chat_template: Some("{{ messages[0].content }}".into()),
                 default_args: vec!["--ctx-size".into(), "512".into()],
                 sign: None,
             })

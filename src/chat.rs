@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 
 use crate::bundle::ModelSource;
 use crate::cli::{ChatArgs, RunArgs};
-use crate::engine::{ChatMessage, Engine, Event, Finish, Prompt, Request};
+use crate::engine::{ChatMessage, ChatPrompt, Engine, Event, Finish, Prompt, Reasoning, Request};
 use crate::serve::engine_config;
 
 pub fn run(source: &ModelSource, run: &RunArgs, args: &ChatArgs) -> Result<()> {
@@ -15,14 +15,21 @@ pub fn run(source: &ModelSource, run: &RunArgs, args: &ChatArgs) -> Result<()> {
     for line in crate::serve::engine_notes() {
         eprintln!("{line}");
     }
-    let mut config = engine_config(run);
+    let mut config = engine_config(source, run)?;
     // One person types here: one conversation, unless asked otherwise.
     config.parallel = config.parallel.or(Some(1));
     let engine = Engine::start(source, config)?;
     engine.wait_ready()?;
     let request = |messages: Vec<ChatMessage>| Request {
         max_tokens: args.max_tokens,
-        ..Request::new(Prompt::Chat(messages), run.sampling())
+        // A terminal shows the answer as the model writes it, thinking included.
+        ..Request::new(
+            Prompt::Chat(ChatPrompt {
+                reasoning: Reasoning { format: "none".into(), enabled: true },
+                ..ChatPrompt::from_messages(&messages)
+            }),
+            run.sampling(),
+        )
     };
 
     if let Some(prompt) = &args.prompt {
@@ -66,7 +73,7 @@ pub fn run(source: &ModelSource, run: &RunArgs, args: &ChatArgs) -> Result<()> {
 
 /// Streams one answer to `out` as it is generated; returns its text.
 fn answer(engine: &Engine, request: Request, out: &mut impl Write) -> Result<(String, Finish)> {
-    let mut events = engine.submit(request)?;
+    let mut events = engine.submit(request)?.events;
     let mut text = String::new();
     while let Some(event) = events.blocking_recv() {
         match event {

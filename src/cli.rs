@@ -95,6 +95,10 @@ pub struct RunArgs {
     /// System prompt used when a conversation has none
     #[arg(long, global = true)]
     pub system_prompt: Option<String>,
+    /// Render conversations with this Jinja chat template instead of the model's own (for a model whose
+    /// template is missing or broken)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub chat_template_file: Option<PathBuf>,
     /// Default sampling temperature (0: always the most likely token)
     #[arg(long, global = true, default_value_t = 0.8)]
     pub temperature: f32,
@@ -150,7 +154,7 @@ pub struct PackArgs {
     #[arg(long, value_name = "PATH")]
     pub engine: Option<PathBuf>,
     /// Write the engine alone, with no model: a stove program to carry or to pack with (`--engine`) later
-    #[arg(long, conflicts_with_all = ["name", "web", "sign", "default_args"])]
+    #[arg(long, conflicts_with_all = ["name", "web", "sign", "default_args", "chat_template"])]
     pub engine_only: bool,
     /// Leave the GPU modules (Vulkan, CUDA) out: a smaller file that runs on the CPU on every machine
     #[arg(long)]
@@ -158,6 +162,10 @@ pub struct PackArgs {
     /// A folder with an index.html that replaces the built-in chat page
     #[arg(long, value_name = "DIR")]
     pub web: Option<PathBuf>,
+    /// A Jinja chat template to store in the bundle and use instead of the model's own (covered by the
+    /// manifest and the signature)
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
     /// Sign the bundle with this Ed25519 private key (from `stove keygen`)
     #[arg(long, value_name = "KEY")]
     pub sign: Option<PathBuf>,

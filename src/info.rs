@@ -10,14 +10,15 @@ use crate::engine::{DEFAULT_CONTEXT, DEFAULT_PARALLEL};
 use crate::gguf::GgufInfo;
 use crate::hardware::capacity::{self, Fit};
 use crate::hardware::{self, human_bytes, Hardware};
+use crate::llama::chat::ChatTemplates;
 
-pub fn run(args: &InfoArgs, gpu: crate::cli::GpuChoice) -> Result<()> {
+pub fn run(args: &InfoArgs, gpu: crate::cli::GpuChoice, template_file: Option<&Path>) -> Result<()> {
     hardware::backends::load(gpu).map_err(anyhow::Error::msg)?;
     let path = match &args.file {
         Some(path) => path.clone(),
         None => std::env::current_exe().context("while finding this executable")?,
     };
-    let model = print_model(&path)?;
+    let model = print_model(&path, template_file)?;
     println!();
     let hw = hardware::detect();
     print_machine(&hw);
@@ -27,7 +28,7 @@ pub fn run(args: &InfoArgs, gpu: crate::cli::GpuChoice) -> Result<()> {
 }
 
 /// Prints what the file holds; returns its model's header when it has one.
-fn print_model(path: &Path) -> Result<Option<(GgufInfo, u64)>> {
+fn print_model(path: &Path, template_file: Option<&Path>) -> Result<Option<(GgufInfo, u64)>> {
     let source = match bundle::open_model(path) {
         Ok(source) => source,
         Err(bundle::BundleError::NotAModel { .. }) => {
@@ -61,8 +62,30 @@ fn print_model(path: &Path) -> Result<Option<(GgufInfo, u64)>> {
         Some(n) => println!("  context      {n} tokens (trained)"),
         None => println!("  context      unknown"),
     }
-    println!("  chat template {}", if gguf.chat_template.is_some() { "yes" } else { "no (ChatML is used)" });
+    let packed = match &source {
+        ModelSource::Bundle(bundle) => bundle.chat_template.as_deref(),
+        ModelSource::Gguf(_) => None,
+    };
+    println!("  chat template {}", template_summary(gguf.chat_template.as_deref(), packed, template_file)?);
     Ok(Some((gguf, span.len)))
+}
+
+/// Which chat template a run would use and what it supports, as llama.cpp's chat layer reads it.
+fn template_summary(own: Option<&str>, packed: Option<&str>, file: Option<&Path>) -> Result<String> {
+    let (source, origin) = match (file, packed, own) {
+        (Some(file), _, _) => {
+            let source = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the chat template {}", file.display()))?;
+            (source, format!("{} (--chat-template-file)", file.display()))
+        }
+        (None, Some(packed), _) => (packed.to_string(), "the bundle's own (pack --chat-template)".to_string()),
+        (None, None, Some(own)) => (own.to_string(), "the model's own".to_string()),
+        (None, None, None) => return Ok("ChatML (the model has none of its own): plain chat".into()),
+    };
+    Ok(match ChatTemplates::from_source(&source).and_then(|t| t.info()) {
+        Ok(info) => format!("{origin}: {}", info.abilities()),
+        Err(e) => format!("{origin}, which llama.cpp cannot read: {e}"),
+    })
 }
 
 fn print_machine(hw: &Hardware) {

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::bundle::{self, Bundle, ModelSource};
 use crate::cli::RunArgs;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, TemplateOrigin};
 use crate::hardware;
 use crate::server::{self, AppState, Assets, Guard};
 
@@ -34,8 +34,18 @@ pub fn model_source(run: &RunArgs) -> Result<(ModelSource, Vec<String>)> {
     Ok((source, defaults))
 }
 
-pub fn engine_config(run: &RunArgs) -> EngineConfig {
-    EngineConfig {
+pub fn engine_config(source: &ModelSource, run: &RunArgs) -> Result<EngineConfig> {
+    // The command line's template, else the bundle's, else (None) the model's own.
+    let chat_template = match (&run.chat_template_file, source) {
+        (Some(path), _) => {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the chat template {}", path.display()))?;
+            Some((source, TemplateOrigin::File))
+        }
+        (None, ModelSource::Bundle(bundle)) => bundle.chat_template.clone().map(|t| (t, TemplateOrigin::Bundle)),
+        (None, ModelSource::Gguf(_)) => None,
+    };
+    Ok(EngineConfig {
         ctx_size: run.ctx_size,
         parallel: run.parallel,
         max_queue: run.max_queue,
@@ -44,7 +54,8 @@ pub fn engine_config(run: &RunArgs) -> EngineConfig {
         gpu_layers: run.gpu_layers,
         use_mmap: !run.no_mmap,
         system_prompt: run.system_prompt.clone(),
-    }
+        chat_template,
+    })
 }
 
 pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
@@ -52,7 +63,7 @@ pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
     for line in engine_notes() {
         eprintln!("{line}");
     }
-    let engine = Engine::start(source, engine_config(run))?;
+    let engine = Engine::start(source, engine_config(source, run)?)?;
     let web = match source {
         ModelSource::Bundle(bundle) => bundle.web.clone(),
         ModelSource::Gguf(_) => Vec::new(),

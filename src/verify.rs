@@ -109,6 +109,15 @@ pub fn check(bundle: &Bundle, required: Option<&VerifyingKey>) -> Result<Report>
         }),
         (None, Some(_)) => parts.push(Part { name: "default arguments".into(), size: None, state: State::Missing }),
     }
+    match (&bundle.chat_template, &manifest.chat_template_sha256) {
+        (None, None) => {}
+        (Some(template), recorded) => parts.push(Part {
+            name: "chat template".into(),
+            size: Some(template.len() as u64),
+            state: compare(&hex(&Sha256::digest(template.as_bytes())), recorded.as_deref()),
+        }),
+        (None, Some(_)) => parts.push(Part { name: "chat template".into(), size: None, state: State::Missing }),
+    }
     for digest in &manifest.web {
         let state = match bundle.web.iter().find(|(name, _)| *name == digest.name) {
             Some((_, data)) => compare(&hex(&Sha256::digest(data)), Some(&digest.sha256)),

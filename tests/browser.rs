@@ -91,9 +91,10 @@ fn a_question_streams_an_answer_that_can_be_regenerated_and_edited() {
     let answers = page.messages("assistant");
     assert_eq!(answers.len(), 1);
     assert!(answers[0].contains("def add"), "{answers:?}");
-    // Markdown: a highlighted code block with its own copy button.
+    // Markdown: highlighted code blocks, each with its own copy button.
     assert!(page.count(".message.assistant .code-block code.language-python .hljs-keyword") > 0);
-    assert_eq!(page.count(".message.assistant .copy-code"), 1);
+    let blocks = page.count(".message.assistant .code-block");
+    assert!(blocks >= 1 && page.count(".message.assistant .copy-code") == blocks, "{blocks} code blocks");
     let meta = page.text("document.querySelector('.message.assistant .meta').textContent");
     assert!(meta.contains("tokens/s") && meta.contains("first token"), "{meta}");
     assert_eq!(sidebar(&page), ["Write a Python function that adds two numbers."]);
@@ -170,11 +171,11 @@ fn stop_and_escape_end_an_answer_early_and_free_its_slot() {
 fn conversations_survive_reloads_and_restarts_and_can_be_switched_renamed_and_deleted() {
     let server = Server::start(bundle(), &["--temperature", "0"]);
     let page = open(&server);
-    send_and_wait(&page, "What is the capital of France?");
+    send_and_wait(&page, "Which city is the capital of France?");
     page.click("#new-chat");
     page.wait_for("document.querySelectorAll('#messages .message').length === 0");
     send_and_wait(&page, "What is the capital of Germany?");
-    let both = ["What is the capital of Germany?", "What is the capital of France?"];
+    let both = ["What is the capital of Germany?", "Which city is the capital of France?"];
     assert_eq!(sidebar(&page), both);
 
     page.reload();
@@ -184,9 +185,11 @@ fn conversations_survive_reloads_and_restarts_and_can_be_switched_renamed_and_de
 
     // Switching shows the other conversation.
     page.click("#conversations li:nth-child(2) .open");
-    page.wait_for("document.querySelector('.message.user .content')?.textContent === 'What is the capital of France?'");
+    page.wait_for(
+        "document.querySelector('.message.user .content')?.textContent === 'Which city is the capital of France?'",
+    );
     assert!(page.messages("assistant")[0].contains("Paris"));
-    assert_eq!(page.text("document.getElementById('title').textContent"), "What is the capital of France?");
+    assert_eq!(page.text("document.getElementById('title').textContent"), "Which city is the capital of France?");
 
     // Rename.
     page.click("#conversations li.current button[aria-label^='Rename']");
@@ -259,12 +262,12 @@ fn settings_are_kept_per_conversation_and_sent_with_its_questions() {
     page.fill("[name=temperature]", "0");
     page.fill("[name=max_tokens]", "3");
     page.fill("[name=seed]", "42");
-    send_and_wait(&page, "What is the capital of France?");
+    send_and_wait(&page, "Which city is the capital of France?");
     let sent = chat_requests(&page);
     assert_eq!(sent.len(), 1);
     let body = &sent[0];
     assert_eq!(body["messages"][0], json!({"role": "system", "content": "Answer in one word."}));
-    assert_eq!(body["messages"][1], json!({"role": "user", "content": "What is the capital of France?"}));
+    assert_eq!(body["messages"][1], json!({"role": "user", "content": "Which city is the capital of France?"}));
     assert_eq!(
         (body["temperature"].as_f64(), body["max_tokens"].as_u64(), body["seed"].as_u64()),
         (Some(0.0), Some(3), Some(42))
@@ -444,4 +447,59 @@ fn the_page_sends_the_api_key_it_was_given() {
     assert_eq!(page.count(".message.error"), 0);
     assert!(!page.messages("assistant")[0].is_empty());
     assert!(page.requests().iter().filter(|r| r.method == "POST").count() >= 1);
+}
+
+/// llama.cpp's published chat template `name` (from the sdist `scripts/llama-cpp-tools` fetches).
+fn published_template(name: &str) -> PathBuf {
+    let output = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/llama-cpp-tools"))
+        .arg("--source")
+        .output()
+        .expect("run scripts/llama-cpp-tools");
+    assert!(output.status.success(), "scripts/llama-cpp-tools --source failed");
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+        .join("models/templates")
+        .join(format!("{name}.jinja"))
+}
+
+#[test]
+fn thinking_streams_into_a_collapsed_block_and_tool_calls_show_as_cards() {
+    // DeepSeek R1's template opens `<think>` for the model, so what it writes is thinking.
+    let template = published_template("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B");
+    let model = common::model();
+    let args =
+        ["--model", model.to_str().unwrap(), "--chat-template-file", template.to_str().unwrap(), "--ctx-size", "256"];
+    let server = Server::start(&common::engine(), &args);
+    let page = open(&server);
+    page.send("Which city is the capital of France?");
+    // While it streams the block is there, open, and says it is still thinking.
+    page.wait_for(
+        "(() => { const t = document.querySelector('.message.streaming .thinking'); \
+         return t && !t.hidden && t.querySelector('summary').textContent === 'Thinking…' \
+         && t.querySelector('.thinking-text').textContent.length > 0; })()",
+    );
+    page.wait_answered();
+    let thinking = page.text("document.querySelector('.message.assistant .thinking .thinking-text').textContent");
+    assert!(!thinking.trim().is_empty(), "the thinking is kept with the answer");
+    assert_eq!(page.eval("document.querySelector('.message.assistant .thinking').open"), json!(false), "collapsed");
+    assert_eq!(page.text("document.querySelector('.message.assistant .thinking summary').textContent"), "Thinking");
+    // Reloaded from the browser's storage, it is still there.
+    page.reload();
+    page.wait_ready();
+    page.wait_for("document.querySelector('.message.assistant .thinking .thinking-text')?.textContent.length > 0");
+
+    // A conversation with a tool call shows it as a card with the function and its arguments.
+    let conversation = json!({"title": "Weather", "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+        {"role": "assistant", "content": "It is sunny."},
+    ]});
+    let path = scratch().join("tool-call.json");
+    std::fs::write(&path, serde_json::to_vec(&conversation).unwrap()).unwrap();
+    import(&page, &path);
+    page.wait_for("document.querySelector('.tool-call .tool-name')?.textContent === 'get_weather()'");
+    let arguments = page.text("document.querySelector('.tool-call .tool-arguments').textContent");
+    assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), json!({"city": "Paris"}), "{arguments}");
+    page.screenshot("thinking-and-tool-call");
+    assert_offline(&page, &server);
 }

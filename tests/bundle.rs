@@ -99,7 +99,7 @@ fn an_engine_only_file_runs_on_its_own_and_packs_models_elsewhere() {
     let verified = run(&["verify", packed.to_str().unwrap()]);
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
     let answer = std::process::Command::new(&packed)
-        .args(["chat", "--temperature", "0", "--max-tokens", "8", "-p", "What is the capital of France?"])
+        .args(["chat", "--temperature", "0", "--max-tokens", "8", "-p", "Which city is the capital of France?"])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&answer.stdout).contains("Paris"), "{}", stderr(&answer));
@@ -179,7 +179,7 @@ fn info_describes_the_bundle_and_the_machine() {
 #[test]
 fn chat_answers_one_prompt_on_stdout() {
     let output = std::process::Command::new(bundle())
-        .args(["chat", "-p", "What is the capital of France?", "--temperature", "0", "--max-tokens", "24"])
+        .args(["chat", "-p", "Which city is the capital of France?", "--temperature", "0", "--max-tokens", "24"])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
@@ -236,7 +236,7 @@ fn chat_reads_a_conversation_from_stdin() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"What is the capital of France?\nAnd of Italy?\n").unwrap();
+    child.stdin.take().unwrap().write_all(b"Which city is the capital of France?\nAnd of Italy?\n").unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
     let answers = String::from_utf8_lossy(&output.stdout);

@@ -93,7 +93,7 @@ fn a_processor_without_avx_gets_a_baseline_variant_and_answers() {
         "--temperature",
         "0",
         "-p",
-        "What is the capital of France?",
+        "Which city is the capital of France?",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stdout(&output).contains("Paris"), "{}", stdout(&output));

@@ -8,8 +8,6 @@
 //! slot keeps the tokens its KV cache holds, so a follow-up turn only processes what is new. When a request's
 //! event receiver is gone (the client left or pressed stop), its slot is freed before the next step.
 
-mod ffi;
-pub use ffi::tensor_type_layout;
 pub mod metrics;
 mod prompt;
 mod sampling;
@@ -33,7 +31,8 @@ use tokio::sync::mpsc;
 use crate::bundle::{ModelSource, ModelSpan};
 use crate::hardware;
 pub use metrics::Metrics;
-use prompt::Prompter;
+pub use prompt::TemplateOrigin;
+use prompt::{Prepared, Prompter};
 pub use sampling::SamplingParams;
 
 /// How many requests may wait for a free slot, by default, before new ones are refused with "busy".
@@ -57,6 +56,8 @@ pub struct EngineConfig {
     pub gpu_layers: Option<i32>,
     pub use_mmap: bool,
     pub system_prompt: Option<String>,
+    /// A chat template to use instead of the model's: Jinja source and where it came from.
+    pub chat_template: Option<(String, TemplateOrigin)>,
 }
 
 /// What the page, `/v1/models` and `stove info` show about the model.
@@ -103,16 +104,69 @@ pub enum LoadState {
     Failed(String),
 }
 
+/// One plain message (`stove chat` and tests); the API's messages are [`ChatPrompt`]'s OpenAI objects.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
 }
 
+/// A conversation in OpenAI's shapes, rendered by the model's chat template through llama.cpp's chat layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatPrompt {
+    /// Checked OpenAI message objects: `role`, `content` (text), an assistant's `tool_calls`, a tool
+    /// message's `tool_call_id`, an assistant's `reasoning_content`.
+    pub messages: Vec<serde_json::Value>,
+    /// OpenAI function tools, checked.
+    pub tools: Vec<serde_json::Value>,
+    pub tool_choice: ToolChoice,
+    /// `None`: what the template supports.
+    pub parallel_tool_calls: Option<bool>,
+    pub reasoning: Reasoning,
+    /// Extra variables for the template (`enable_thinking`, `reasoning_effort`, …).
+    pub template_kwargs: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ChatPrompt {
+    pub fn from_messages(messages: &[ChatMessage]) -> Self {
+        ChatPrompt {
+            messages: messages.iter().map(|m| serde_json::json!({ "role": m.role, "content": m.content })).collect(),
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
+            parallel_tool_calls: None,
+            reasoning: Reasoning::default(),
+            template_kwargs: serde_json::Map::new(),
+        }
+    }
+}
+
+/// Whether the model must, may or must not call a tool (a named function is `Required` with only that tool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+}
+
+/// How a reasoning model's thinking is returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reasoning {
+    /// llama.cpp's `reasoning_format`: `auto` splits thinking into `reasoning_content`, `none` leaves it inline.
+    pub format: String,
+    /// `false` asks a template that can turn thinking off to do so.
+    pub enabled: bool,
+}
+
+impl Default for Reasoning {
+    fn default() -> Self {
+        Reasoning { format: "auto".into(), enabled: true }
+    }
+}
+
 /// What the model continues: a conversation (rendered with the model's chat template) or raw text.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
-    Chat(Vec<ChatMessage>),
+    Chat(ChatPrompt),
     Text(String),
 }
 
@@ -133,6 +187,14 @@ impl Request {
     pub fn new(prompt: Prompt, sampling: SamplingParams) -> Self {
         Self { prompt, sampling, max_tokens: None, stop: Vec::new(), grammar: None, logprobs: None }
     }
+}
+
+/// A queued request's events, and for a chat the reader of its answer (content, reasoning, tool calls).
+pub struct Submitted {
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub reader: Option<crate::llama::chat::ChatParser>,
+    /// Milliseconds llama.cpp's chat layer took to render the conversation.
+    pub template_ms: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -196,6 +258,8 @@ pub enum EngineError {
     PromptTooLong { prompt_tokens: u32, context_size: u32 },
     #[error("the chat template could not be applied: {0}")]
     Template(String),
+    #[error("{0}")]
+    BadChat(String),
     #[error("the grammar is not valid: {0}")]
     Grammar(String),
     #[error("inference failed: {0}")]
@@ -204,14 +268,15 @@ pub enum EngineError {
 
 /// What waits in the worker's queue.
 enum Work {
-    Generate(Job),
+    Generate(Box<Job>),
     Embed(EmbedJob),
 }
 
-/// A request ready for a slot: tokenized, with the channel its events go to.
+/// A request ready for a slot: tokenized, with what its template asks of generation and the channel its events
+/// go to.
 struct Job {
     request: Request,
-    tokens: Vec<LlamaToken>,
+    prepared: Prepared,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -328,15 +393,32 @@ impl Engine {
 
     /// Checks and queues a generation; its events arrive on the returned channel. A prompt that cannot fit,
     /// a bad grammar or a full queue are refused here, before any work.
-    pub fn submit(&self, request: Request) -> Result<mpsc::UnboundedReceiver<Event>, EngineError> {
+    pub fn submit(&self, request: Request) -> Result<Submitted, EngineError> {
         let prompter = self.prompter()?;
-        let tokens = prompter.tokenize(&request.prompt)?;
-        if let Some(grammar) = &request.grammar {
-            prompter.check_grammar(grammar)?;
-        }
+        let (prepared, reader) = prompter.prepare(&request)?;
+        let template_ms = prepared.template_ms;
         let (events, receiver) = mpsc::unbounded_channel();
-        self.queue(Work::Generate(Job { request, tokens, events }))?;
-        Ok(receiver)
+        self.queue(Work::Generate(Box::new(Job { request, prepared, events })))?;
+        Ok(Submitted { events: receiver, reader, template_ms })
+    }
+
+    /// How many tokens `request`'s prompt takes once rendered (Anthropic's `count_tokens`); nothing is queued.
+    pub fn count_tokens(&self, request: &Request) -> Result<u32, EngineError> {
+        match self.prompter()?.prepare(request) {
+            Ok((prepared, _)) => Ok(prepared.tokens.len() as u32),
+            Err(EngineError::PromptTooLong { prompt_tokens, .. }) => Ok(prompt_tokens),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The prompt text `request` renders to (`/apply-template`, to compare with llama-server's).
+    pub fn apply_template(&self, request: &Request) -> Result<String, EngineError> {
+        self.prompter()?.prompt_text(request)
+    }
+
+    /// Which chat template the model speaks with, where it came from and what it supports.
+    pub fn template(&self) -> Option<&prompt::Template> {
+        self.shared.prompter.get().map(|p| &p.template)
     }
 
     /// Checks and queues texts to embed (the model's own pooling, or the mean of a generative model's last
@@ -346,8 +428,7 @@ impl Engine {
         texts: &[String],
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Embeddings, EngineError>>, EngineError> {
         let prompter = self.prompter()?;
-        let inputs =
-            texts.iter().map(|text| prompter.tokenize(&Prompt::Text(text.clone()))).collect::<Result<Vec<_>, _>>()?;
+        let inputs = texts.iter().map(|text| prompter.tokenize_text(text)).collect::<Result<Vec<_>, _>>()?;
         let (reply, receiver) = tokio::sync::oneshot::channel();
         self.queue(Work::Embed(EmbedJob { inputs, reply }))?;
         Ok(receiver)

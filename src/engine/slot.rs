@@ -3,6 +3,7 @@
 //! A slot keeps its tokens after a request ends, so the next request that starts with the same tokens (the
 //! follow-up turn of a conversation) only decodes what is new.
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use llama_cpp_2::context::LlamaContext;
@@ -13,7 +14,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
-use super::prompt::grammar_sampler;
+use super::prompt::Prepared;
 use super::text::{Scan, StopMatcher, Utf8Decoder};
 use super::{EngineError, Event, Finish, FinishReason, Job, TokenChoice, TokenLogprob};
 
@@ -37,6 +38,8 @@ pub struct Generation {
     sampler: LlamaSampler,
     decoder: Utf8Decoder,
     stops: StopMatcher,
+    /// Special tokens whose text is part of the answer's format (a tool call's `<tool_call>`).
+    keep_special: HashSet<LlamaToken>,
     logprobs: Option<u8>,
     /// Log-probabilities of tokens whose text is still held back (a possible stop string, a split character).
     held_logprobs: Vec<TokenLogprob>,
@@ -76,7 +79,8 @@ impl Slot {
 
     /// Starts `job` here, keeping the cache of the prompt's first tokens when this slot holds them.
     pub fn start(&mut self, job: Job, model: &LlamaModel, ctx: &mut LlamaContext, context_size: u32) {
-        let Job { request, tokens, events } = job;
+        let Job { request, prepared, events } = job;
+        let Prepared { tokens, grammar, stops, keep_special, .. } = prepared;
         // At least the prompt's last token is decoded again: its logits give the first answer token.
         let mut keep = self.common_prefix(&tokens).min(tokens.len() - 1);
         if ctx.kv_cache_seq_rm(self.seq, Some(keep as u32), None).is_err() {
@@ -86,9 +90,9 @@ impl Slot {
         }
         self.cached.truncate(keep);
 
-        let sampler = match &request.grammar {
+        let sampler = match &grammar {
             None => request.sampling.sampler(None),
-            Some(grammar) => match grammar_sampler(model, grammar) {
+            Some(grammar) => match grammar.sampler(model) {
                 Ok(grammar) => request.sampling.sampler(Some(grammar)),
                 Err(error) => {
                     let _ = events.send(Event::Failed(error));
@@ -105,7 +109,8 @@ impl Slot {
             cached_tokens: keep as u32,
             sampler,
             decoder: Utf8Decoder::default(),
-            stops: StopMatcher::new(request.stop),
+            stops: StopMatcher::new(stops),
+            keep_special,
             logprobs: request.logprobs,
             held_logprobs: Vec::new(),
             completion_tokens: 0,
@@ -193,7 +198,7 @@ impl Slot {
             generation.held_logprobs.push(token_logprob(model, ctx.get_logits_ith(at), token, top));
         }
         let mut piece = Vec::with_capacity(32);
-        vocab.token_to_piece_into(token, &mut piece, false, None);
+        vocab.token_to_piece_into(token, &mut piece, generation.keep_special.contains(&token), None);
         let text = generation.decoder.push(&piece);
         match generation.stops.push(&text) {
             Scan::Text(text) => {

@@ -14,11 +14,9 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 
 use super::metrics::Metrics;
-use super::prompt::{chat_template, Prompter};
+use super::prompt::{Prompter, Template};
 use super::slot::{Outcome, Slot};
-use super::{
-    ffi, init_backend, page_in, EmbedJob, Embeddings, EngineConfig, EngineError, LoadState, Runtime, Status, Work,
-};
+use super::{init_backend, page_in, EmbedJob, Embeddings, EngineConfig, EngineError, LoadState, Runtime, Status, Work};
 use crate::bundle::ModelSpan;
 use crate::gguf::ModelLayout;
 use crate::hardware;
@@ -73,8 +71,9 @@ impl Worker {
             u64::from(context_size),
             config.gpu_layers,
         );
-        let model = ffi::load_model_at(&backend, &span.path, span.offset, config.use_mmap, offload.n_gpu_layers())
-            .map_err(|e| e.to_string())?;
+        let model =
+            crate::llama::load_model_at(&backend, &span.path, span.offset, config.use_mmap, offload.n_gpu_layers())
+                .map_err(|e| e.to_string())?;
         let model = Arc::new(model);
         self.status.set(LoadState::Loading { permille: 950 });
 
@@ -98,9 +97,11 @@ impl Worker {
         })?;
         // llama.cpp rounds each sequence's share up to a multiple of 256.
         let slot_context = ctx.n_ctx() / parallel;
+        let custom = config.chat_template.as_ref().map(|(source, origin)| (source.as_str(), *origin));
+        let template = Template::load(&model, custom)?;
         let _ = self.prompter.set(Prompter {
             model: Arc::clone(&model),
-            template: chat_template(&model),
+            template,
             system_prompt: config.system_prompt.clone(),
             context_size: slot_context,
         });
@@ -113,7 +114,7 @@ impl Worker {
             mmap: config.use_mmap,
             load_seconds: started.elapsed().as_secs_f64(),
             cpu_variant: hardware::backends::current().cpu_variant.clone(),
-            cpu_features: hardware::cpu_backend_features(&ffi::system_info()),
+            cpu_features: hardware::cpu_backend_features(&crate::llama::system_info()),
             layers,
             gpu_layers,
             gpus,
@@ -223,7 +224,7 @@ impl Scheduler<'_> {
             };
             self.metrics.dequeued();
             let job = match work {
-                Work::Generate(job) => job,
+                Work::Generate(job) => *job,
                 // Embedding is one short decode per input; it runs between two generation steps.
                 Work::Embed(job) => {
                     self.embed(job);
@@ -239,7 +240,7 @@ impl Scheduler<'_> {
                 .slots
                 .iter_mut()
                 .filter(|s| !s.is_busy())
-                .max_by_key(|s| (s.common_prefix(&job.tokens), std::cmp::Reverse(s.last_used)))
+                .max_by_key(|s| (s.common_prefix(&job.prepared.tokens), std::cmp::Reverse(s.last_used)))
                 .expect("a free slot");
             slot.last_used = self.step;
             slot.start(job, self.model, &mut self.ctx, self.slot_context);

@@ -18,7 +18,7 @@ impl TensorSpan {
     /// Returns its size in bytes.
     pub fn check(&self, alignment: u64, data_len: u64) -> Result<u64, GgufError> {
         let name = &self.name;
-        let Some((block, block_bytes)) = crate::engine::tensor_type_layout(self.type_id) else {
+        let Some((block, block_bytes)) = crate::llama::tensor_type_layout(self.type_id) else {
             return Err(corrupt(format!(
                 "tensor {name:?} has type {}, which this llama.cpp does not know",
                 self.type_id

@@ -17,7 +17,8 @@ use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;
 
 use crate::bundle::{
-    self, Bundle, Manifest, ModelManifest, ARGS_ENTRY, MANIFEST_ENTRY, MODEL_ALIGNMENT, MODEL_ENTRY, SIGNATURE_ENTRY,
+    self, Bundle, Manifest, ModelManifest, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY, MANIFEST_ENTRY, MODEL_ALIGNMENT,
+    MODEL_ENTRY, SIGNATURE_ENTRY,
 };
 use crate::signing;
 
@@ -42,6 +43,8 @@ pub struct PackOptions {
     pub engine: EngineSource,
     /// A folder whose files replace the built-in chat page.
     pub web: Option<PathBuf>,
+    /// A Jinja chat template that replaces the model's own.
+    pub chat_template: Option<String>,
     pub default_args: Vec<String>,
     /// Signs the manifest with this key.
     pub sign: Option<SigningKey>,
@@ -50,6 +53,23 @@ pub struct PackOptions {
 pub struct Packed {
     pub bundle: Bundle,
     pub size: u64,
+}
+
+/// Reads a chat template for `pack --chat-template` and checks that llama.cpp can read it, so a broken one is
+/// refused now and not when the bundle starts.
+fn read_chat_template(path: &std::path::Path) -> Result<String> {
+    let source = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the chat template {} (it must be UTF-8 text)", path.display()))?;
+    if source.len() > bundle::MAX_CHAT_TEMPLATE_BYTES {
+        bail!(
+            "the chat template {} is over {} KiB; no real template is that large",
+            path.display(),
+            bundle::MAX_CHAT_TEMPLATE_BYTES >> 10
+        );
+    }
+    crate::llama::chat::ChatTemplates::from_source(&source)
+        .with_context(|| format!("llama.cpp cannot read the chat template {}", path.display()))?;
+    Ok(source)
 }
 
 /// `stove pack`: checks the arguments, packs, and says what was written.
@@ -84,12 +104,14 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
     };
     crate::cli::check_default_args(&args.default_args)
         .map_err(|e| anyhow::anyhow!("the default arguments after -- are not valid: {e}"))?;
+    let chat_template = args.chat_template.as_deref().map(read_chat_template).transpose()?;
     let packed = pack(&PackOptions {
         model: model.clone(),
         out: args.output.clone(),
         name: args.name.clone(),
         engine,
         web: args.web.clone(),
+        chat_template,
         default_args: args.default_args.clone(),
         sign: args.sign.as_deref().map(signing::load_signing_key).transpose()?,
     })?;
@@ -161,6 +183,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         true => None,
         false => Some(serde_json::to_vec_pretty(&options.default_args)?),
     };
+    let chat_template = options.chat_template.clone().map(String::into_bytes);
     let manifest = Manifest {
         format: bundle::FORMAT_VERSION,
         name,
@@ -169,6 +192,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         engine_sha256: Some(engine_sha256.clone()),
         engine_index_sha256: None, // computed while the engine files are written
         args_sha256: args.as_deref().map(|bytes| hex(&Sha256::digest(bytes))),
+        chat_template_sha256: chat_template.as_deref().map(|bytes| hex(&Sha256::digest(bytes))),
         web: web_files
             .iter()
             .map(|(name, data)| bundle::FileDigest { name: name.clone(), sha256: hex(&Sha256::digest(data)) })
@@ -189,6 +213,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         engine: &options.engine,
         launcher_sha256: &engine_sha256,
         args,
+        chat_template,
         web: &web_files,
         sign: options.sign.as_ref(),
     };
@@ -258,6 +283,7 @@ struct Payload<'a> {
     engine: &'a EngineSource,
     launcher_sha256: &'a str,
     args: Option<Vec<u8>>,
+    chat_template: Option<Vec<u8>>,
     web: &'a [(String, Vec<u8>)],
     sign: Option<&'a SigningKey>,
 }
@@ -266,7 +292,7 @@ struct Payload<'a> {
 /// the manifest with the model's and the index's SHA-256, its signature, the default arguments and the page
 /// files. Returns the file and the completed manifest.
 fn write_payload(out: BufWriter<File>, span: &bundle::ModelSpan, payload: Payload) -> io::Result<(File, Manifest)> {
-    let Payload { mut manifest, engine, launcher_sha256, args, web, sign } = payload;
+    let Payload { mut manifest, engine, launcher_sha256, args, chat_template, web, sign } = payload;
     let mut zip = zip::ZipWriter::new(out);
     let mut write_entries = |zip: &mut zip::ZipWriter<BufWriter<File>>| -> io::Result<()> {
         let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
@@ -286,6 +312,10 @@ fn write_payload(out: BufWriter<File>, span: &bundle::ModelSpan, payload: Payloa
         if let Some(args) = &args {
             zip.start_file(ARGS_ENTRY, stored)?;
             zip.write_all(args)?;
+        }
+        if let Some(template) = &chat_template {
+            zip.start_file(CHAT_TEMPLATE_ENTRY, stored)?;
+            zip.write_all(template)?;
         }
         let deflated = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
         for (name, data) in web {

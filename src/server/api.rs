@@ -68,6 +68,11 @@ pub fn info(state: &AppState) -> Response<Body> {
         &json!({
             "model": state.engine.info(),
             "runtime": runtime,
+            "chat_template": state.engine.template().map(|t| json!({
+                "origin": t.origin,
+                "supports_thinking": t.info.supports_thinking,
+                "caps": t.info.caps,
+            })),
             // What a request that sets nothing gets: the page starts each conversation's settings from these.
             "defaults": {
                 "system_prompt": state.engine.system_prompt(),

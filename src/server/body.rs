@@ -20,6 +20,17 @@ impl Body {
         Body::Full(Some(bytes.into()))
     }
 
+    /// A server-sent event stream fed by a task through the returned sender (16 events may wait).
+    pub fn event_stream() -> (mpsc::Sender<Bytes>, hyper::Response<Body>) {
+        let (chunks, receiver) = mpsc::channel(16);
+        let response = hyper::Response::builder()
+            .header(hyper::header::CONTENT_TYPE, "text/event-stream")
+            .header(hyper::header::CACHE_CONTROL, "no-cache")
+            .body(Body::Stream(receiver))
+            .expect("valid response");
+        (chunks, response)
+    }
+
     pub fn empty() -> Self {
         Body::Full(None)
     }

@@ -8,16 +8,17 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use super::body::Body;
 use super::error::{json_response, ApiError};
+use super::reply::{Delta, Reply};
 use super::request::{check_model, parse_chat, parse_completion, read_body, Kind};
-use super::AppState;
+use super::{off_socket_threads, AppState};
 use crate::engine::{self, EngineError, Event, Finish, TokenLogprob};
+use crate::llama::chat::ParsedMessage;
 
 pub async fn chat_completions(state: &AppState, request: Request<Incoming>) -> Response<Body> {
     respond(state, request, Kind::Chat).await.unwrap_or_else(|error| error.response())
@@ -27,6 +28,17 @@ pub async fn completions(state: &AppState, request: Request<Incoming>) -> Respon
     respond(state, request, Kind::Text).await.unwrap_or_else(|error| error.response())
 }
 
+/// `/apply-template` (llama-server's route): the prompt a chat request renders to, without generating.
+pub async fn apply_template(state: &AppState, request: Request<Incoming>) -> Response<Body> {
+    let render = async {
+        let bytes = read_body(request).await?;
+        let parsed = parse_chat(&bytes, &state.sampling)?;
+        let prompt = off_socket_threads(state, move |engine| engine.apply_template(&parsed.request)).await?;
+        Ok::<_, ApiError>(json_response(StatusCode::OK, &json!({ "prompt": prompt })))
+    };
+    render.await.unwrap_or_else(|error| error.response())
+}
+
 async fn respond(state: &AppState, request: Request<Incoming>, kind: Kind) -> Result<Response<Body>, ApiError> {
     let bytes = read_body(request).await?;
     let parsed = match kind {
@@ -34,11 +46,9 @@ async fn respond(state: &AppState, request: Request<Incoming>, kind: Kind) -> Re
         Kind::Text => parse_completion(&bytes, &state.sampling)?,
     };
     check_model(state, parsed.model.as_deref())?;
-    // Rendering and tokenizing a long conversation takes a while; keep it off the threads that serve sockets.
-    let engine = state.engine.clone();
-    let events = tokio::task::spawn_blocking(move || engine.submit(parsed.request))
-        .await
-        .map_err(|e| EngineError::Inference(format!("the request could not be prepared: {e}")))??;
+    let submitted = off_socket_threads(state, move |engine| engine.submit(parsed.request)).await?;
+    let template_ms = submitted.template_ms;
+    let (events, reply) = (submitted.events, submitted.reader.map(Reply::new));
     let answer = Answer {
         kind,
         id: format!("{}-{:x}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, unique_id()),
@@ -46,15 +56,11 @@ async fn respond(state: &AppState, request: Request<Incoming>, kind: Kind) -> Re
         model: state.engine.info().name.clone(),
     };
     if parsed.stream {
-        let (chunks, receiver) = mpsc::channel(16);
-        tokio::spawn(stream(answer, events, chunks, parsed.include_usage, parsed.echo));
-        return Ok(Response::builder()
-            .header(CONTENT_TYPE, "text/event-stream")
-            .header(CACHE_CONTROL, "no-cache")
-            .body(Body::Stream(receiver))
-            .expect("valid response"));
+        let (chunks, response) = Body::event_stream();
+        tokio::spawn(stream(answer, events, reply, chunks, parsed.include_usage, parsed.echo, template_ms));
+        return Ok(response);
     }
-    whole(answer, events, parsed.echo).await
+    whole(answer, events, reply, parsed.echo, template_ms).await
 }
 
 /// The fields every response object and stream chunk of one answer shares, and the shape of its choices.
@@ -73,6 +79,13 @@ impl Answer {
             (Kind::Text, _) => "text_completion",
         };
         json!({ "id": self.id, "object": object, "created": self.created, "model": self.model })
+    }
+
+    /// A chat stream chunk whose choice carries `delta`.
+    fn chat_chunk(&self, delta: Value, logprobs: &[TokenLogprob]) -> Value {
+        let mut chunk = self.with_choice(true, None, logprobs, 0, !logprobs.is_empty(), None);
+        chunk["choices"][0]["delta"] = delta;
+        chunk
     }
 
     /// A response or chunk with one choice holding `text`.
@@ -115,7 +128,9 @@ impl Answer {
 async fn whole(
     answer: Answer,
     mut events: mpsc::UnboundedReceiver<Event>,
+    reply: Option<Reply>,
     echo: Option<String>,
+    template_ms: f64,
 ) -> Result<Response<Body>, ApiError> {
     let mut text = echo.unwrap_or_default();
     // Offsets of `/v1/completions` logprobs count from the start of the returned text, echo included.
@@ -134,6 +149,13 @@ async fn whole(
                     answer.with_choice(false, Some(&text), &logprobs, text_offset, want_logprobs, Some(finish.reason));
                 body["usage"] = usage(&finish);
                 body["timings"] = timings(&finish);
+                if let Some(mut reply) = reply {
+                    reply.push(&text);
+                    let (message, _) = reply.finish();
+                    body["choices"][0]["message"] = chat_message(&message);
+                    body["choices"][0]["finish_reason"] = finish_reason(finish.reason, !message.tool_calls.is_empty());
+                    chat_timings(&mut body["timings"], template_ms, &reply);
+                }
                 return Ok(json_response(StatusCode::OK, &body));
             }
             Event::Failed(error) => return Err(error.into()),
@@ -146,9 +168,11 @@ async fn whole(
 async fn stream(
     answer: Answer,
     mut events: mpsc::UnboundedReceiver<Event>,
+    mut reply: Option<Reply>,
     chunks: mpsc::Sender<Bytes>,
     include_usage: bool,
     echo: Option<String>,
+    template_ms: f64,
 ) {
     let sse = |value: &Value| Bytes::from(format!("data: {value}\n\n"));
     // A failed send means the client has gone: returning drops `events`, which frees the slot.
@@ -167,19 +191,49 @@ async fn stream(
             return;
         }
     }
+    // Log-probabilities of text whose reading has not produced a delta yet (a tool call's start).
+    let mut held = Vec::new();
     while let Some(event) = events.recv().await {
         let chunk = match event {
+            Event::Text { text, logprobs } if reply.is_some() => {
+                held.extend(logprobs);
+                let deltas = reply.as_mut().expect("a chat reply").push(&text);
+                for delta in deltas {
+                    let chunk = answer.chat_chunk(openai_delta(&delta), &std::mem::take(&mut held));
+                    if chunks.send(sse(&chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
             Event::Text { text, logprobs } => {
                 let chunk = answer.with_choice(true, Some(&text), &logprobs, text_offset, !logprobs.is_empty(), None);
                 text_offset += text.len();
                 chunk
             }
             Event::Done(finish) => {
+                let mut called = false;
+                if let Some(reply) = &mut reply {
+                    let (message, deltas) = reply.finish();
+                    called = !message.tool_calls.is_empty();
+                    for delta in deltas {
+                        let chunk = answer.chat_chunk(openai_delta(&delta), &std::mem::take(&mut held));
+                        if chunks.send(sse(&chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 let mut last = answer.with_choice(true, None, &[], 0, false, Some(finish.reason));
+                if answer.kind == Kind::Chat {
+                    last["choices"][0]["finish_reason"] = finish_reason(finish.reason, called);
+                }
                 if answer.kind == Kind::Text {
                     last["choices"][0]["text"] = json!("");
                 }
                 last["timings"] = timings(&finish);
+                if let Some(reply) = &reply {
+                    chat_timings(&mut last["timings"], template_ms, reply);
+                }
                 if chunks.send(sse(&last)).await.is_err() {
                     return;
                 }
@@ -199,6 +253,51 @@ async fn stream(
         if chunks.send(sse(&chunk)).await.is_err() {
             return;
         }
+    }
+}
+
+/// The assistant message of a whole answer: content (null when the answer is only tool calls), the thinking
+/// in `reasoning_content` (llama-server's field) and the tool calls.
+fn chat_message(message: &ParsedMessage) -> Value {
+    let mut out = json!({ "role": "assistant", "content": message.content });
+    if !message.reasoning_content.is_empty() {
+        out["reasoning_content"] = json!(message.reasoning_content);
+    }
+    if !message.tool_calls.is_empty() {
+        if message.content.is_empty() {
+            out["content"] = Value::Null;
+        }
+        out["tool_calls"] = message
+            .tool_calls
+            .iter()
+            .map(|call| {
+                json!({ "id": call.id, "type": "function",
+                        "function": { "name": call.name, "arguments": call.arguments } })
+            })
+            .collect();
+    }
+    out
+}
+
+/// One change of a streamed answer as the `delta` of an OpenAI chunk; a tool call's first delta carries its
+/// id, type and name, later ones only argument text, as the official SDKs accumulate them.
+fn openai_delta(delta: &Delta) -> Value {
+    match delta {
+        Delta::Content(text) => json!({ "content": text }),
+        Delta::Reasoning(text) => json!({ "reasoning_content": text }),
+        Delta::ToolCall { index, id, name, arguments } if !name.is_empty() => json!({ "tool_calls": [{
+            "index": index, "id": id, "type": "function", "function": { "name": name, "arguments": arguments } }] }),
+        Delta::ToolCall { index, arguments, .. } => {
+            json!({ "tool_calls": [{ "index": index, "function": { "arguments": arguments } }] })
+        }
+    }
+}
+
+/// `tool_calls` when the answer ended by calling tools, as OpenAI says it.
+fn finish_reason(reason: engine::FinishReason, called: bool) -> Value {
+    match reason {
+        engine::FinishReason::Stop if called => json!("tool_calls"),
+        reason => json!(reason),
     }
 }
 
@@ -235,7 +334,7 @@ fn text_logprobs(logprobs: &[TokenLogprob], start: usize) -> Value {
     })
 }
 
-fn usage(finish: &Finish) -> Value {
+pub(super) fn usage(finish: &Finish) -> Value {
     json!({
         "prompt_tokens": finish.prompt_tokens,
         "completion_tokens": finish.completion_tokens,
@@ -259,11 +358,18 @@ fn timings(finish: &Finish) -> Value {
     })
 }
 
+/// What the chat layer cost this answer: rendering the template and reading the answer back (stove's
+/// additions to llama-server's timings).
+fn chat_timings(timings: &mut Value, template_ms: f64, reply: &Reply) {
+    timings["template_ms"] = json!(template_ms);
+    timings["parse_ms"] = json!(reply.parse_ms());
+}
+
 pub fn unix_time() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn unique_id() -> u128 {
+pub(super) fn unique_id() -> u128 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);

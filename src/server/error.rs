@@ -50,7 +50,7 @@ impl From<EngineError> for ApiError {
             EngineError::PromptTooLong { .. } => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error", Some("context_length_exceeded"))
             }
-            EngineError::Template(_) | EngineError::Grammar(_) => {
+            EngineError::Template(_) | EngineError::Grammar(_) | EngineError::BadChat(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error", None)
             }
             EngineError::LoadFailed(_) | EngineError::Inference(_) => {

@@ -84,10 +84,14 @@ impl Guard {
                     .get(AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                    // Anthropic's clients send the key as `x-api-key`.
+                    .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
                     .map(str::trim);
                 let Some(given) = given else {
                     return Err(Box::new(self.with_cors(
-                        unauthorized("this server needs an API key: send it as `Authorization: Bearer KEY`"),
+                        unauthorized(
+                            "this server needs an API key: send it as `Authorization: Bearer KEY` (or `x-api-key: KEY`)",
+                        ),
                         &pass,
                     )));
                 };
@@ -125,7 +129,7 @@ impl Guard {
 
 /// The routes that reach the model or describe the machine; the page's files and `/health` do not.
 fn needs_key(path: &str) -> bool {
-    path.starts_with("/v1/") || path == "/metrics" || path.starts_with("/stove/")
+    path.starts_with("/v1/") || path == "/metrics" || path == "/apply-template" || path.starts_with("/stove/")
 }
 
 /// The name in a `Host` header, lowercase, without the port.
@@ -153,7 +157,10 @@ fn preflight(pass: &Pass) -> Response<Body> {
     if let Some(origin) = &pass.cors_origin {
         headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         headers.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
-        headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type"));
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type, x-api-key, anthropic-version"),
+        );
         headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
     }
     response

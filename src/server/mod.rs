@@ -2,17 +2,22 @@
 //! down cleanly on Ctrl-C or SIGTERM.
 //!
 //! A request first passes the [`guard::Guard`] (Host, Origin, API key), then goes through [`route`] top to
-//! bottom: the API routes under `/v1`, health, metrics, stove's own info route, and otherwise the chat page's
-//! files (from memory: no route reads the disk).
+//! bottom: the API routes under `/v1` (OpenAI's chat, completions, responses and embeddings, Anthropic's messages),
+//! health, metrics, stove's own info route, and otherwise the chat page's files (from memory: no route reads
+//! the disk).
 
+mod anthropic;
 mod api;
 mod assets;
 mod body;
 mod completions;
+mod conversation;
 mod embeddings;
 mod error;
 mod guard;
+mod reply;
 mod request;
+mod responses;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -152,6 +157,19 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Runs `work` on the engine away from the threads that serve sockets: rendering a long conversation's template
+/// and tokenizing it take a while.
+async fn off_socket_threads<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce(Engine) -> Result<T, crate::engine::EngineError> + Send + 'static,
+) -> Result<T, error::ApiError> {
+    let engine = state.engine.clone();
+    tokio::task::spawn_blocking(move || work(engine))
+        .await
+        .map_err(|e| crate::engine::EngineError::Inference(format!("the request could not be prepared: {e}")))?
+        .map_err(error::ApiError::from)
+}
+
 async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_string();
     let response = match state.guard.check(request.method(), &path, request.headers()) {
@@ -165,7 +183,19 @@ async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<Respo
                 (&Method::POST, "/v1/chat/completions") => completions::chat_completions(&state, request).await,
                 (&Method::POST, "/v1/completions") => completions::completions(&state, request).await,
                 (&Method::POST, "/v1/embeddings") => embeddings::embeddings(&state, request).await,
-                (_, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => method_not_allowed("POST"),
+                (&Method::POST, "/v1/messages") => anthropic::messages(&state, request).await,
+                (&Method::POST, "/v1/messages/count_tokens") => anthropic::count_tokens(&state, request).await,
+                (&Method::POST, "/v1/responses") => responses::responses(&state, request).await,
+                (&Method::POST, "/apply-template") => completions::apply_template(&state, request).await,
+                (
+                    _,
+                    "/v1/chat/completions"
+                    | "/v1/completions"
+                    | "/v1/embeddings"
+                    | "/v1/messages"
+                    | "/v1/messages/count_tokens"
+                    | "/v1/responses",
+                ) => method_not_allowed("POST"),
                 (_, p) if p.starts_with("/v1/") => not_found(p),
                 (&Method::GET | &Method::HEAD, p) => state.assets.respond(p, request.headers()),
                 _ => method_not_allowed("GET"),

@@ -9,14 +9,13 @@ use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::conversation::ChatFields;
 use super::error::ApiError;
 use super::AppState;
-use crate::engine::{self, ChatMessage, Prompt, SamplingParams};
+use crate::engine::{self, Prompt, SamplingParams};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 4 << 20;
-/// Most messages in one chat request.
-const MAX_MESSAGES: usize = 4096;
 /// How long a client may take to send its request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// `max_tokens` when a `/v1/completions` request gives none (OpenAI's default there).
@@ -52,7 +51,8 @@ struct CommonFields {
 
 #[derive(Debug, Deserialize)]
 struct ChatCompletionRequest {
-    messages: Vec<InMessage>,
+    #[serde(flatten)]
+    chat: ChatFields,
     #[serde(default)]
     logprobs: bool,
     top_logprobs: Option<i64>,
@@ -103,28 +103,6 @@ struct JsonSchemaFormat {
 }
 
 #[derive(Debug, Deserialize)]
-struct InMessage {
-    role: String,
-    #[serde(default)]
-    content: Option<Content>,
-}
-
-/// A message's content: a string, or OpenAI's list of parts (only text parts are understood).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Deserialize)]
-struct ContentPart {
-    #[serde(rename = "type")]
-    kind: String,
-    text: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum Stop {
     One(String),
@@ -157,24 +135,22 @@ pub(super) fn check_model(state: &AppState, model: Option<&str>) -> Result<(), A
 }
 
 pub(super) fn parse_chat(bytes: &[u8], defaults: &SamplingParams) -> Result<Parsed, ApiError> {
-    let raw: ChatCompletionRequest = serde_json::from_slice(bytes)
+    let raw: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::invalid(format!("the request body is not a valid chat completion request: {e}")))?;
-    if raw.messages.is_empty() {
-        return Err(ApiError::invalid("`messages` is empty; send at least one message"));
-    }
-    if raw.messages.len() > MAX_MESSAGES {
-        return Err(ApiError::invalid(format!(
-            "`messages` has {} messages; at most {MAX_MESSAGES} are accepted",
-            raw.messages.len()
-        )));
-    }
-    let messages = raw.messages.into_iter().enumerate().map(chat_message).collect::<Result<Vec<_>, _>>()?;
+    parse_chat_json(raw, defaults)
+}
+
+/// A chat completion request already read as JSON (the Anthropic and Responses routes convert theirs into one).
+pub(super) fn parse_chat_json(body: Value, defaults: &SamplingParams) -> Result<Parsed, ApiError> {
+    let raw: ChatCompletionRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::invalid(format!("the request body is not a valid chat completion request: {e}")))?;
+    let chat = raw.chat.into_prompt()?;
     let logprobs = match (raw.logprobs, raw.top_logprobs) {
         (false, None | Some(0)) => None,
         (false, Some(_)) => return Err(ApiError::invalid("`top_logprobs` needs `logprobs: true`")),
         (true, top) => Some(top_logprobs("top_logprobs", top.unwrap_or(0))?),
     };
-    let mut parsed = common(raw.common, Kind::Chat, Prompt::Chat(messages), defaults)?;
+    let mut parsed = common(raw.common, Kind::Chat, Prompt::Chat(chat), defaults)?;
     parsed.request.logprobs = logprobs;
     Ok(parsed)
 }
@@ -211,38 +187,6 @@ fn top_logprobs(field: &str, n: i64) -> Result<u8, ApiError> {
     u8::try_from(n).ok().filter(|&n| n <= engine::MAX_TOP_LOGPROBS).ok_or_else(|| {
         ApiError::invalid(format!("`{field}` is {n}; it must be between 0 and {}", engine::MAX_TOP_LOGPROBS))
     })
-}
-
-fn chat_message((i, message): (usize, InMessage)) -> Result<ChatMessage, ApiError> {
-    let role = match message.role.as_str() {
-        "system" | "developer" => "system",
-        "user" => "user",
-        "assistant" => "assistant",
-        other => {
-            return Err(ApiError::invalid(format!(
-                "messages[{i}].role is \"{other}\"; use \"system\", \"user\" or \"assistant\""
-            )))
-        }
-    };
-    let content = match message.content {
-        None => String::new(),
-        Some(Content::Text(text)) => text,
-        Some(Content::Parts(parts)) => {
-            let mut text = String::new();
-            for part in parts {
-                match (part.kind.as_str(), part.text) {
-                    ("text", Some(t)) => text.push_str(&t),
-                    (kind, _) => {
-                        return Err(ApiError::invalid(format!(
-                            "messages[{i}] has a \"{kind}\" part; this model only reads text"
-                        )))
-                    }
-                }
-            }
-            text
-        }
-    };
-    Ok(ChatMessage { role: role.to_string(), content })
 }
 
 /// The settings both endpoints share: sampling, limits, stop strings, output format.
@@ -408,7 +352,8 @@ mod tests {
         assert_eq!(request.sampling.temperature, 0.0);
         assert_eq!(request.sampling.seed, Some(7));
         assert_eq!(request.logprobs, Some(2));
-        assert_eq!(request.prompt, Prompt::Chat(vec![ChatMessage { role: "user".into(), content: "hi".into() }]));
+        let Prompt::Chat(chat) = request.prompt else { panic!("a chat") };
+        assert_eq!(chat.messages, vec![json!({ "role": "user", "content": "hi" })]);
     }
 
     #[test]

@@ -13,7 +13,12 @@ use std::time::{Duration, Instant};
 pub const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
 pub fn stove() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_stove"))
+    Command::new(engine())
+}
+
+/// The engine as built (no model of its own): serve a GGUF with `--model`.
+pub fn engine() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_stove"))
 }
 
 /// The default model, fetched by `scripts/fetch-model.sh` (which `.ci/run` calls first).

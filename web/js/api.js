@@ -66,10 +66,12 @@ async function errorOf(response) {
 }
 
 /**
- * Streams a chat completion. `onText(delta)` gets each piece of the answer; resolves to the last chunk's
- * {usage, timings, finishReason}. Throws a ServerError (or the AbortError of `signal`).
+ * Streams a chat completion. `onText(delta)` gets each piece of the answer and `onReasoning(delta)` each piece
+ * of a reasoning model's thinking; resolves to the last chunk's {usage, timings, finishReason} and the tool
+ * calls the answer made ({id, name, arguments}, accumulated as the SDKs do). Throws a ServerError (or the
+ * AbortError of `signal`).
  */
-export async function streamChat(body, { signal, onText }) {
+export async function streamChat(body, { signal, onText, onReasoning = () => {} }) {
   const response = await api("v1/chat/completions", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
@@ -78,7 +80,7 @@ export async function streamChat(body, { signal, onText }) {
   });
   if (!response.ok) throw await errorOf(response);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  const result = { usage: null, timings: null, finishReason: null };
+  const result = { usage: null, timings: null, finishReason: null, toolCalls: [] };
   let buffer = "";
   let done = false;
   for (;;) {
@@ -105,7 +107,14 @@ export async function streamChat(body, { signal, onText }) {
       const data = JSON.parse(event.slice(6));
       if (data.error) throw new ServerError(data.error.message, { code: data.error.code });
       const choice = data.choices?.[0];
+      if (choice?.delta?.reasoning_content) onReasoning(choice.delta.reasoning_content);
       if (choice?.delta?.content) onText(choice.delta.content);
+      for (const piece of choice?.delta?.tool_calls || []) {
+        const call = (result.toolCalls[piece.index] ??= { id: "", name: "", arguments: "" });
+        if (piece.id) call.id = piece.id;
+        if (piece.function?.name) call.name += piece.function.name;
+        if (piece.function?.arguments) call.arguments += piece.function.arguments;
+      }
       if (choice?.finish_reason) result.finishReason = choice.finish_reason;
       if (data.usage) result.usage = data.usage;
       if (data.timings) result.timings = data.timings;

@@ -5,6 +5,7 @@ import * as api from "./api.js";
 import * as store from "./store.js";
 import * as conv from "./conversation.js";
 import { MarkdownView, renderInto } from "./markdown.js";
+import { thinkingView, toolCallsView, updateThinking } from "./parts.js";
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -35,7 +36,10 @@ const state = {
   conversations: [],
   /** The conversation on screen. */
   current: null,
-  /** The answer being written: {conversation, controller, text, started, firstTokenAt, pieces, view, markdown}. */
+  /**
+   * The answer being written: {conversation, controller, text, reasoning, started, firstTokenAt, pieces, view,
+   * markdown}.
+   */
   generation: null,
   /** A failure shown under the current conversation: {message, retry}. */
   failure: null,
@@ -338,6 +342,7 @@ function messageView(message, index) {
   const content = make("div", { class: message.role === "assistant" ? "content markdown" : "content" });
   if (message.role === "assistant") renderInto(content, message.content);
   else content.textContent = message.content;
+  if (message.reasoning) view.append(thinkingView(message.reasoning));
   const label = message.role === "user" ? "You" : "Assistant";
   view.setAttribute("aria-label", label);
   const actions = make("div", { class: "actions" });
@@ -377,7 +382,9 @@ function messageView(message, index) {
     make("span", { class: "meta", text: metaText(message.meta) }),
     actions,
   );
-  view.append(content, foot);
+  view.append(content);
+  if (message.tool_calls?.length) view.append(toolCallsView(message.tool_calls));
+  view.append(foot);
   return view;
 }
 
@@ -435,6 +442,7 @@ function scheduleRender() {
     const g = state.generation;
     if (!g || g.conversation !== state.current) return;
     const follow = nearBottom();
+    updateThinking(g.view.querySelector(".thinking"), g.reasoning, !g.text);
     g.markdown.update(g.text);
     const seconds = g.firstTokenAt ? (performance.now() - g.firstTokenAt) / 1000 : 0;
     const live = seconds > 0.2 ? ` · ${formatNumber(g.pieces / seconds, 1)} tokens/s` : "";
@@ -465,6 +473,7 @@ async function generate(conversation) {
   const view = make(
     "article",
     { class: "message assistant streaming", "aria-label": "Assistant", "aria-busy": "true" },
+    thinkingView("", { live: true }),
     make("div", { class: "content markdown" }),
     make("div", { class: "message-foot" }, make("span", { class: "meta", text: "waiting for the first token…" })),
   );
@@ -472,6 +481,7 @@ async function generate(conversation) {
     conversation,
     controller: new AbortController(),
     text: "",
+    reasoning: "",
     started: performance.now(),
     firstTokenAt: null,
     pieces: 0,
@@ -491,6 +501,12 @@ async function generate(conversation) {
         g.pieces++;
         scheduleRender();
       },
+      onReasoning: (text) => {
+        g.firstTokenAt ??= performance.now();
+        g.reasoning += text;
+        g.pieces++;
+        scheduleRender();
+      },
     });
   } catch (error) {
     if (error.name !== "AbortError") failure = error;
@@ -499,7 +515,7 @@ async function generate(conversation) {
   const stopped = g.controller.signal.aborted;
   // Deleted while it was being answered: nothing to keep.
   if (!state.conversations.includes(conversation)) return updateComposer();
-  if (g.text || (result && !failure)) {
+  if (g.text || g.reasoning || (result && !failure)) {
     const meta = { first_token_ms: g.firstTokenAt ? Math.round(g.firstTokenAt - g.started) : null };
     if (result?.usage) {
       meta.prompt_tokens = result.usage.prompt_tokens;
@@ -511,7 +527,10 @@ async function generate(conversation) {
     if (stopped) meta.ending = "stopped";
     else if (failure) meta.ending = "interrupted";
     else if (result.finishReason === "length") meta.ending = "length";
-    conversation.messages.push({ role: "assistant", content: g.text, meta });
+    const message = { role: "assistant", content: g.text, meta };
+    if (g.reasoning) message.reasoning = g.reasoning;
+    if (result?.toolCalls.length) message.tool_calls = result.toolCalls;
+    conversation.messages.push(message);
   }
   if (conversation.messages.length) await touch(conversation);
   if (failure) handleFailure(conversation, failure);

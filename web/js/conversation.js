@@ -39,7 +39,13 @@ export function requestBody(conversation) {
 export function toJson(conversation) {
   const { model, created, updated, settings, messages } = conversation;
   const out = { format: FORMAT, version: 1, title: titleOf(conversation), model, created, updated, settings };
-  out.messages = messages.map(({ role, content, meta }) => (meta ? { role, content, meta } : { role, content }));
+  out.messages = messages.map(({ role, content, meta, reasoning, tool_calls }) => ({
+    role,
+    content,
+    ...(reasoning ? { reasoning } : {}),
+    ...(tool_calls ? { tool_calls } : {}),
+    ...(meta ? { meta } : {}),
+  }));
   return JSON.stringify(out, null, 2);
 }
 
@@ -57,6 +63,17 @@ export function toMarkdown(conversation) {
     parts.push(`<!-- stove:${message.role} -->`, HEADINGS[message.role], "", message.content, "");
   }
   return parts.join("\n");
+}
+
+/** A tool call as the page keeps it, from its own export or from OpenAI's `{id, function: {name, arguments}}`. */
+function toolCall(call) {
+  const name = call?.name ?? call?.function?.name ?? "";
+  const args = call?.arguments ?? call?.function?.arguments ?? "";
+  return {
+    id: String(call?.id ?? ""),
+    name: String(name),
+    arguments: typeof args === "string" ? args : JSON.stringify(args),
+  };
 }
 
 /** A conversation from the text of an exported file; throws an Error naming what is wrong. */
@@ -78,12 +95,17 @@ export function parse(text, fileName, model) {
         conversation.settings.system_prompt = m.content;
         continue;
       }
+      // An assistant message that only calls tools has no text (OpenAI sends `content: null`).
+      const callsOnly = m?.role === "assistant" && m.content == null && Array.isArray(m.tool_calls);
+      if (callsOnly) m.content = "";
       if (!ROLES.includes(m?.role) || typeof m.content !== "string") {
         throw new Error(`Message ${i + 1} of ${fileName} needs a role of "user" or "assistant" and text content.`);
       }
-      conversation.messages.push(
-        m.meta ? { role: m.role, content: m.content, meta: m.meta } : { role: m.role, content: m.content },
-      );
+      const message = { role: m.role, content: m.content };
+      if (m.meta) message.meta = m.meta;
+      if (typeof m.reasoning === "string" && m.reasoning) message.reasoning = m.reasoning;
+      if (Array.isArray(m.tool_calls) && m.tool_calls.length) message.tool_calls = m.tool_calls.map(toolCall);
+      conversation.messages.push(message);
     }
     if (typeof data.title === "string") conversation.title = data.title;
     if (typeof data.model === "string") conversation.model = data.model;

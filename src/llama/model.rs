@@ -1,5 +1,5 @@
-//! The one place stove calls llama.cpp directly: loading a GGUF that starts at an offset inside a larger
-//! file, which llama-cpp-2 0.1.160 does not wrap. Everything else goes through llama-cpp-2's safe API.
+//! Loading a GGUF that starts at an offset inside a larger file, which llama-cpp-2 0.1.160 does not wrap, and
+//! the few ggml tables stove reads (system info, tensor type sizes).
 
 use std::path::Path;
 use std::ptr::NonNull;
@@ -52,6 +52,13 @@ pub fn load_model_at(
     // SAFETY: layout checked above; `model` is a live llama_model that nothing else owns, and `LlamaModel`'s
     // Drop frees it with llama_model_free, which is how a model from this loader must be freed.
     Ok(unsafe { std::mem::transmute::<NonNull<llama_cpp_sys_2::llama_model>, LlamaModel>(model) })
+}
+
+/// The `llama_model` behind a `LlamaModel`, for llama.cpp calls llama-cpp-2 does not wrap (the chat layer).
+pub(super) fn raw_model(model: &LlamaModel) -> *const llama_cpp_sys_2::llama_model {
+    // SAFETY: `LlamaModel` is a transparent wrapper over `NonNull<llama_model>` (checked above), so a reference
+    // to it is a reference to that pointer. The pointer stays valid while `model` is borrowed.
+    unsafe { *(model as *const LlamaModel).cast::<NonNull<llama_cpp_sys_2::llama_model>>() }.as_ptr()
 }
 
 /// Opens `path` for reading with the C runtime llama.cpp uses and positions it at `offset`.
