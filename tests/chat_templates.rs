@@ -279,6 +279,20 @@ fn thinking_goes_to_reasoning_content() {
     assert_eq!(answer["content"][0]["type"], "thinking", "{answer}");
     assert_eq!(answer["content"][0]["thinking"], "It is Paris.\n", "{answer}");
     assert_eq!(answer["content"][1], json!({"type": "text", "text": "Paris."}), "{answer}");
+
+    // A stop sequence of the request ends it as Anthropic says: `stop_sequence`, naming which.
+    let (status, answer) = post(
+        &server.url,
+        "/v1/messages",
+        &json!({"max_tokens": 60, "messages": [{"role": "user", "content": "A soup?"}], "stop_sequences": ["END"],
+            "grammar": "root ::= \"Tomato soup. END and more\""}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["stop_reason"].as_str(), answer["stop_sequence"].as_str()),
+        (Some("stop_sequence"), Some("END"))
+    );
+    assert!(answer["content"][0]["text"].as_str().unwrap().starts_with("Tomato soup."), "{answer}");
 }
 
 #[test]

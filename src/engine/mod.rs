@@ -214,6 +214,8 @@ pub struct Finish {
     pub completion_tokens: u32,
     pub prompt_ms: f64,
     pub generation_ms: f64,
+    /// The stop string that ended the answer, when one did.
+    pub stop_sequence: Option<String>,
 }
 
 /// One token's text and log-probability.

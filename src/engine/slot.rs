@@ -40,6 +40,8 @@ pub struct Generation {
     stops: StopMatcher,
     /// Special tokens whose text is part of the answer's format (a tool call's `<tool_call>`).
     keep_special: HashSet<LlamaToken>,
+    /// The stop string that ended the answer.
+    stopped_by: Option<String>,
     logprobs: Option<u8>,
     /// Log-probabilities of tokens whose text is still held back (a possible stop string, a split character).
     held_logprobs: Vec<TokenLogprob>,
@@ -111,6 +113,7 @@ impl Slot {
             decoder: Utf8Decoder::default(),
             stops: StopMatcher::new(stops),
             keep_special,
+            stopped_by: None,
             logprobs: request.logprobs,
             held_logprobs: Vec::new(),
             completion_tokens: 0,
@@ -206,10 +209,11 @@ impl Slot {
                     return Outcome::Cancelled;
                 }
             }
-            Scan::Stopped(text) => {
+            Scan::Stopped { text, stop } => {
                 if !generation.send_text(text) {
                     return Outcome::Cancelled;
                 }
+                generation.stopped_by = Some(stop);
                 return self.finish(FinishReason::Stop, metrics);
             }
         }
@@ -240,6 +244,7 @@ impl Slot {
             completion_tokens: generation.completion_tokens,
             prompt_ms: generation.prompt_ms.unwrap_or_default(),
             generation_ms: generation.started.elapsed().as_secs_f64() * 1000.0,
+            stop_sequence: generation.stopped_by.take(),
         };
         Metrics::add(&metrics.finished, 1);
         Metrics::add(&metrics.prompt_tokens, u64::from(finish.prompt_tokens));

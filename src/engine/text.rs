@@ -59,8 +59,8 @@ pub struct StopMatcher {
 pub enum Scan {
     /// Text that can be sent now (maybe empty, if it could still become a stop string).
     Text(String),
-    /// A stop string was found: the text before it, which ends the answer.
-    Stopped(String),
+    /// A stop string was found: the text before it, which ends the answer, and the stop string.
+    Stopped { text: String, stop: String },
 }
 
 impl StopMatcher {
@@ -70,10 +70,12 @@ impl StopMatcher {
 
     pub fn push(&mut self, text: &str) -> Scan {
         self.held.push_str(text);
-        if let Some(at) = self.stops.iter().filter_map(|stop| self.held.find(stop.as_str())).min() {
-            let before = self.held[..at].to_string();
+        let found = self.stops.iter().filter_map(|stop| Some((self.held.find(stop.as_str())?, stop))).min();
+        if let Some((at, stop)) = found {
+            let text = self.held[..at].to_string();
+            let stop = stop.clone();
             self.held.clear();
-            return Scan::Stopped(before);
+            return Scan::Stopped { text, stop };
         }
         let keep = self.longest_partial_stop();
         let release = self.held.len() - keep;
@@ -129,7 +131,7 @@ mod tests {
         let mut stop = StopMatcher::new(vec!["</answer>".into()]);
         assert_eq!(stop.push("The soup is "), Scan::Text("The soup is ".into()));
         assert_eq!(stop.push("hot</an"), Scan::Text("hot".into()));
-        assert_eq!(stop.push("swer> ignored"), Scan::Stopped("".into()));
+        assert_eq!(stop.push("swer> ignored"), Scan::Stopped { text: "".into(), stop: "</answer>".into() });
     }
 
     #[test]
@@ -144,7 +146,7 @@ mod tests {
     #[test]
     fn the_earliest_of_several_stops_wins() {
         let mut stop = StopMatcher::new(vec!["b".into(), "a".into()]);
-        assert_eq!(stop.push("xxaxb"), Scan::Stopped("xx".into()));
+        assert_eq!(stop.push("xxaxb"), Scan::Stopped { text: "xx".into(), stop: "a".into() });
     }
 
     #[test]

@@ -46,15 +46,18 @@ async fn respond(state: &AppState, request: Request<Incoming>) -> Result<Respons
     let openai = to_openai(&body, true)?;
     let parsed = parse_chat_json(openai, &state.sampling)?;
     let stream = parsed.stream;
+    let stop_sequences = parsed.request.stop.clone();
     let submitted = off_socket_threads(state, move |engine| engine.submit(parsed.request)).await?;
     let reply = submitted.reader.map(Reply::new).expect("a chat request has a reader");
-    let message = Message { id: format!("msg_{:x}", unique_id()), model: state.engine.info().name.clone() };
+    let message =
+        Message { id: format!("msg_{:x}", unique_id()), model: state.engine.info().name.clone(), stop_sequences };
     if stream {
         let (chunks, response) = Body::event_stream();
         tokio::spawn(stream_events(message, submitted.events, reply, chunks));
         return Ok(response);
     }
     let (parsed, finish) = reply.collect(submitted.events).await?;
+    let (stop_reason, stop_sequence) = stop_reason(&finish, !parsed.tool_calls.is_empty(), &message.stop_sequences);
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -63,8 +66,8 @@ async fn respond(state: &AppState, request: Request<Incoming>) -> Result<Respons
             "role": "assistant",
             "model": message.model,
             "content": content_blocks(&parsed),
-            "stop_reason": stop_reason(&finish, !parsed.tool_calls.is_empty()),
-            "stop_sequence": null,
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
             "usage": usage(&finish),
         }),
     ))
@@ -230,13 +233,19 @@ fn tool_to_openai(i: usize, tool: &Value) -> Result<Value, ApiError> {
 struct Message {
     id: String,
     model: String,
+    /// The request's `stop_sequences`, to tell them from the template's own stops.
+    stop_sequences: Vec<String>,
 }
 
-fn stop_reason(finish: &Finish, called: bool) -> &'static str {
+/// Why the answer ended, and the request's stop sequence that ended it (a template's own stop strings, which
+/// end a turn, are `end_turn`).
+fn stop_reason(finish: &Finish, called: bool, stop_sequences: &[String]) -> (&'static str, Option<String>) {
+    let asked = finish.stop_sequence.as_ref().filter(|s| stop_sequences.contains(s));
     match finish.reason {
-        FinishReason::Length => "max_tokens",
-        FinishReason::Stop if called => "tool_use",
-        FinishReason::Stop => "end_turn",
+        FinishReason::Length => ("max_tokens", None),
+        FinishReason::Stop if called => ("tool_use", None),
+        FinishReason::Stop if asked.is_some() => ("stop_sequence", asked.cloned()),
+        FinishReason::Stop => ("end_turn", None),
     }
 }
 
@@ -334,10 +343,11 @@ async fn stream_events(
                 out.push(stop(index));
             }
             let called = reply.tool_calls().next().is_some();
+            let (stop_reason, stop_sequence) = stop_reason(&finish, called, &message.stop_sequences);
             out.push(event(
                 "message_delta",
                 json!({ "type": "message_delta",
-                        "delta": { "stop_reason": stop_reason(&finish, called), "stop_sequence": null },
+                        "delta": { "stop_reason": stop_reason, "stop_sequence": stop_sequence },
                         "usage": usage(&finish) }),
             ));
             out.push(event("message_stop", json!({ "type": "message_stop" })));
