@@ -25,7 +25,7 @@ pub fn run(source: &ModelSource, run: &RunArgs, args: &ChatArgs) -> Result<()> {
         // A terminal shows the answer as the model writes it, thinking included.
         ..Request::new(
             Prompt::Chat(ChatPrompt {
-                reasoning: Reasoning { format: "none".into(), enabled: true },
+                reasoning: Reasoning { format: "none".into(), enabled: None },
                 ..ChatPrompt::from_messages(&messages)
             }),
             run.sampling(),

@@ -7,7 +7,8 @@
 //! - With each, a required tool call comes back as `tool_calls` with `finish_reason: "tool_calls"`.
 //! - Thinking goes to `reasoning_content` (whole and streamed), stays inline with `reasoning_format: "none"`.
 //! - The official `openai` and `anthropic` clients run whole tool loops (tests/tool_clients.py).
-//! - Bad tool input and a template that fails to render are 400s naming what was wrong; the server keeps serving.
+//! - Bad tool input, a template that fails to render, and tools for a template that does not show them are 400s
+//!   naming what was wrong; the server keeps serving.
 //! - `/stove/info` and `stove info` say which template is in use and what it supports.
 //! - The chat layer's own timings (`template_ms`, `parse_ms`) come with every chat answer.
 
@@ -361,6 +362,15 @@ fn a_template_that_fails_to_render_is_a_400_naming_the_error() {
     assert_eq!(status, 200, "the server still answers: {answer}");
     let info: Value = client().get(format!("{}/stove/info", server.url)).send().unwrap().json().unwrap();
     assert_eq!(info["chat_template"]["origin"], "file", "{info}");
+    // This template never shows tools to the model: tools are refused, not silently dropped.
+    let (status, answer) =
+        server.chat(json!({"messages": [{"role": "user", "content": "hi"}], "tools": [weather_tool()]}));
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("does not show tools"), "{answer}");
+    let (status, _) = server.chat(
+        json!({"messages": [{"role": "user", "content": "hi"}], "tools": [weather_tool()], "tool_choice": "none", "max_tokens": 2}),
+    );
+    assert_eq!(status, 200, "with tool_choice none the tools are simply not used");
 
     // A template that does not even parse stops the start with the reason.
     let unparsable = scratch().join("unparsable.jinja");

@@ -153,13 +153,14 @@ pub enum ToolChoice {
 pub struct Reasoning {
     /// llama.cpp's `reasoning_format`: `auto` splits thinking into `reasoning_content`, `none` leaves it inline.
     pub format: String,
-    /// `false` asks a template that can turn thinking off to do so.
-    pub enabled: bool,
+    /// `Some(false)` asks a template that can turn thinking off to do so; `None` thinks when the template
+    /// supports thinking (llama-server's default).
+    pub enabled: Option<bool>,
 }
 
 impl Default for Reasoning {
     fn default() -> Self {
-        Reasoning { format: "auto".into(), enabled: true }
+        Reasoning { format: "auto".into(), enabled: None }
     }
 }
 

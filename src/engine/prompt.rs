@@ -191,24 +191,16 @@ impl Prompter {
     /// The rendered prompt and what generation needs, with the default system prompt when the conversation
     /// has none.
     fn render(&self, chat: &ChatPrompt) -> Result<crate::llama::chat::Applied, EngineError> {
-        let can_call = self.template.info.caps.get("supports_tool_calls").and_then(Value::as_bool).unwrap_or(false);
-        if !chat.tools.is_empty() && chat.tool_choice != ToolChoice::None && !can_call {
-            // llama.cpp would render the conversation without the tools, and the model would answer in prose
-            // while the client waits for a call: say so instead, as Ollama does.
-            return Err(EngineError::BadChat(
-                "this model's chat template has no tool calls, so `tools` cannot be used with it; leave `tools` \
-                 out, or start stove with --chat-template-file naming a template that has them (llama.cpp's \
-                 models/templates folder holds many)"
-                    .into(),
-            ));
-        }
         let system = self
             .system_prompt
             .as_ref()
             .filter(|_| chat.messages.first().is_none_or(|m| m["role"] != "system"))
             .map(|content| json!({ "role": "system", "content": content }));
         let messages: Vec<Value> = system.into_iter().chain(chat.messages.iter().cloned()).collect();
-        let kwargs = chat.template_kwargs.iter().map(|(k, v)| (k.clone(), json!(v.to_string()))).collect();
+        let mut kwargs: serde_json::Map<String, Value> =
+            chat.template_kwargs.iter().map(|(k, v)| (k.clone(), json!(v.to_string()))).collect();
+        // llama-server's default: templates that can keep earlier turns' reasoning do (its --reasoning-preserve).
+        kwargs.entry("preserve_reasoning").or_insert_with(|| json!("true"));
         let request = ApplyRequest {
             messages: Value::Array(messages),
             tools: (!chat.tools.is_empty()).then(|| Value::Array(chat.tools.clone())),
@@ -219,11 +211,26 @@ impl Prompter {
             },
             parallel_tool_calls: chat.parallel_tool_calls,
             reasoning_format: chat.reasoning.format.clone(),
-            enable_thinking: chat.reasoning.enabled,
+            enable_thinking: chat.reasoning.enabled.unwrap_or(self.template.info.supports_thinking),
             chat_template_kwargs: kwargs,
             add_generation_prompt: true,
         };
-        self.template.templates.apply(&request).map_err(|e| EngineError::Template(e.to_string()))
+        let applied = self.template.templates.apply(&request).map_err(|e| EngineError::Template(e.to_string()))?;
+        let offered = chat.tools.iter().filter_map(|tool| tool.pointer("/function/name")?.as_str());
+        if chat.tool_choice != ToolChoice::None && offered.clone().next().is_some() {
+            let told = offered.into_iter().any(|name| applied.prompt.contains(name));
+            if !told {
+                // The template dropped the tools: the model would answer in prose while the client waits for a
+                // call. Say so instead, as Ollama does for a model without tools.
+                return Err(EngineError::BadChat(
+                    "this model's chat template does not show tools to the model, so `tools` cannot be used with \
+                     it; leave `tools` out, or start stove with --chat-template-file naming a template that has \
+                     them (llama.cpp's models/templates folder holds many)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(applied)
     }
 
     /// The tokens of what the template wrote to open the answer, as llama.cpp's sampler feeds them to a strict

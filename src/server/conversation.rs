@@ -99,7 +99,7 @@ impl ChatFields {
         let mut template_kwargs = self.chat_template_kwargs.unwrap_or_default();
         match template_kwargs.get("enable_thinking") {
             None => {}
-            Some(Value::Bool(enabled)) => reasoning.enabled = *enabled,
+            Some(Value::Bool(enabled)) => reasoning.enabled = Some(*enabled),
             Some(other) => {
                 return Err(ApiError::invalid(format!(
                     "`chat_template_kwargs.enable_thinking` is {other}; it must be true or false"
@@ -108,7 +108,7 @@ impl ChatFields {
         }
         match self.reasoning_effort.as_deref() {
             None => {}
-            Some("none") => reasoning.enabled = false,
+            Some("none") => reasoning.enabled = Some(false),
             Some(effort) => {
                 template_kwargs.insert("reasoning_effort".into(), json!(effort));
             }
@@ -357,6 +357,6 @@ mod tests {
         assert_eq!(chat.messages[3], json!({"role": "tool", "tool_call_id": "call_1", "content": "sunny"}));
         assert_eq!(chat.tool_choice, ToolChoice::Required);
         assert_eq!(chat.tools.len(), 1, "a named function leaves only that tool");
-        assert!(!chat.reasoning.enabled);
+        assert_eq!(chat.reasoning.enabled, Some(false));
     }
 }
