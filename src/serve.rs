@@ -40,6 +40,9 @@ pub fn engine_config(source: &ModelSource, run: &RunArgs) -> Result<EngineConfig
         (Some(path), _) => {
             let source = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the chat template {}", path.display()))?;
+            if source.trim().is_empty() {
+                anyhow::bail!("the chat template {} is empty; give a Jinja chat template", path.display());
+            }
             Some((source, TemplateOrigin::File))
         }
         (None, ModelSource::Bundle(bundle)) => bundle.chat_template.clone().map(|t| (t, TemplateOrigin::Bundle)),

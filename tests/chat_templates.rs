@@ -387,6 +387,41 @@ fn a_template_that_fails_to_render_is_a_400_naming_the_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("chat template"), "{stderr}");
+
+    // An empty one is named as such (llama.cpp would otherwise take the model's own, or stop the process).
+    let empty = scratch().join("empty.jinja");
+    std::fs::write(&empty, "\n").unwrap();
+    let output = common::run(&[
+        "chat",
+        "--model",
+        model.to_str().unwrap(),
+        "--chat-template-file",
+        empty.to_str().unwrap(),
+        "-p",
+        "hi",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("is empty"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out = scratch().join("empty-template.stove");
+    let output = common::run(&[
+        "pack",
+        "--model",
+        model.to_str().unwrap(),
+        "--chat-template",
+        empty.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a clear error, not an abort: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]

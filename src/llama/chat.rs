@@ -157,6 +157,10 @@ impl ChatTemplates {
     /// A template from its Jinja source alone, without a model (no BOS or EOS text): enough to say what it
     /// supports, as `stove info` does before anything is loaded.
     pub fn from_source(source: &str) -> Result<Self, ChatError> {
+        // Without a model, llama.cpp asserts that a template is given: an empty one would end the process.
+        if source.trim().is_empty() {
+            return Err(ChatError("the chat template is empty".into()));
+        }
         let template = c_string(source, "the chat template")?;
         let mut raw = std::ptr::null_mut();
         let mut error = std::ptr::null_mut();
