@@ -227,6 +227,7 @@ impl RunArgs {
             top_p: self.top_p,
             min_p: self.min_p,
             seed: self.seed,
+            logit_bias: Vec::new(),
         }
     }
 

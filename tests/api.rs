@@ -5,7 +5,8 @@
 //! Checks: 8 concurrent streams all end with [DONE] and give the same answers as one at a time; a client that
 //! leaves frees its slot and decoding stops; past the queue the answer is 503 with Retry-After; a follow-up
 //! turn reuses the cached prompt; a conversation that fills its context ends with "length"; JSON-schema
-//! output parses; embeddings are unit vectors, nearer for nearer texts; every bad input in a table gets its 4xx with a useful message and the server keeps serving;
+//! output parses; embeddings are unit vectors, nearer for nearer texts, share the engine with chats, stop when
+//! their client leaves and have a per-request budget; every bad input in a table gets its 4xx with a useful message and the server keeps serving;
 //! listening beyond loopback needs a key; an allowed origin gets CORS headers.
 
 mod common;
@@ -207,6 +208,9 @@ fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
     let good = ask("Hi", 4).to_string();
     let many = json!({ "messages": vec![json!({ "role": "user", "content": "hi" }); 10_000] }).to_string();
     let long = ask(&"stove ".repeat(400), 4).to_string();
+    let mut stops = ask("Hi", 4);
+    stops["stop"] = json!(vec!["a long stop string ".repeat(10); 2000]);
+    let stops = stops.to_string();
     let unknown_model = json!({ "model": "gpt-4o", "messages": [{ "role": "user", "content": "hi" }] }).to_string();
 
     struct Case {
@@ -238,6 +242,25 @@ fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
             "max_tokens",
         ),
         case("10,000 messages", &many, 400, "at most 4096"),
+        case("thousands of stop strings", &stops, 400, "at most 16 strings"),
+        case(
+            "a logit_bias key that is no token id",
+            r#"{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"soup": 5}}"#,
+            400,
+            "keys are token ids",
+        ),
+        case(
+            "a logit_bias past 100",
+            r#"{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"42": 500}}"#,
+            400,
+            "from -100 to 100",
+        ),
+        case(
+            "a logit_bias token outside the vocabulary",
+            r#"{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"999999": -100}}"#,
+            400,
+            "vocabulary has tokens 0 to",
+        ),
         case("a prompt longer than the context", &long, 400, "shorten the conversation"),
         case("an unknown model", &unknown_model, 404, "is not served here"),
         case(
@@ -330,8 +353,48 @@ fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(embeddings.status(), 400);
     assert!(embeddings.text().unwrap().contains("a list of strings"));
 
+    // Host: exactly one, and the target's own authority when it has one (RFC 9112).
+    let raw = |head: &str| {
+        use std::io::{Read, Write};
+        let mut socket = std::net::TcpStream::connect(format!("127.0.0.1:{}", server.port())).unwrap();
+        socket.write_all(head.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = socket.read_to_string(&mut answer);
+        answer
+    };
+    let two = raw("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n");
+    assert!(two.starts_with("HTTP/1.1 400") && two.contains("Host headers"), "{two}");
+    let none = raw("GET /health HTTP/1.0\r\n\r\n");
+    assert!(none.starts_with("HTTP/1.0 400") && none.contains("no Host header"), "{none}");
+    let absolute = raw("GET http://attacker.example/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert!(absolute.starts_with("HTTP/1.1 403") && absolute.contains("attacker.example"), "{absolute}");
+
     let response = client().post(&url).header("host", host).bearer_auth("s3cret").body(good).send().unwrap();
     assert_eq!(response.status(), 200, "still serving after all that");
+}
+
+#[test]
+fn logit_bias_moves_the_answer_and_tokenize_names_the_ids() {
+    let server = Server::start(bundle(), &[]);
+    let first_token = |body: Value| -> String {
+        let mut body = body;
+        body["logprobs"] = json!(true);
+        let answer: Value = post(&server, "/v1/chat/completions", &body).json().unwrap();
+        answer["choices"][0]["logprobs"]["content"][0]["token"].as_str().unwrap().to_string()
+    };
+    let plain = first_token(ask("Which city is the capital of France?", 1));
+    // llama-server's /tokenize: the ids of a text, with their pieces when asked.
+    let tokens: Value = post(&server, "/tokenize", &json!({ "content": plain, "with_pieces": true })).json().unwrap();
+    let tokens = tokens["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(tokens[0]["piece"], plain.as_str());
+    let id = tokens[0]["id"].as_i64().unwrap();
+    let plain_ids: Value = post(&server, "/tokenize", &json!({ "content": plain })).json().unwrap();
+    assert_eq!(plain_ids["tokens"], json!([id]));
+    // Banning the token the greedy answer starts with makes it start with another one.
+    let mut banned = ask("Which city is the capital of France?", 1);
+    banned["logit_bias"] = json!({ id.to_string(): -100 });
+    assert_ne!(first_token(banned), plain, "token {id} ({plain:?}) was banned");
 }
 
 #[test]
@@ -385,4 +448,48 @@ fn embeddings_are_normalized_and_closer_for_closer_texts() {
     let first: Vec<f64> =
         again["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     assert!(dot(&first, &vectors[0]) > 0.9999);
+}
+
+#[test]
+fn embeddings_share_the_engine_stop_when_their_client_leaves_and_have_a_budget() {
+    // The bundle's context is 1,024 tokens, so a request may embed 16,384 tokens in all.
+    let server = Server::start(bundle(), &["--parallel", "2"]);
+    let long = "the kitchen stove simmers onion soup with thyme and butter ".repeat(30);
+    let inputs = vec![long.as_str(); 8];
+    let tokens = |server: &Server| metric(server, "stove_embedded_tokens_total");
+
+    // Over the budget: refused before any work, saying how much is allowed.
+    let over = post(&server, "/v1/embeddings", &json!({ "input": vec![long.as_str(); 60] }));
+    assert_eq!(over.status(), 400);
+    let message = over.text().unwrap();
+    assert!(message.contains("at most 16384"), "{message}");
+
+    // A long request runs beside a chat: the chat is answered while the embeddings are still being made.
+    let url = format!("{}/v1/embeddings", server.url);
+    let body = json!({ "input": inputs });
+    let long_request = std::thread::spawn(move || client().post(url).json(&body).send().unwrap());
+    wait_until("embedding has started", || tokens(&server) > 0.0);
+    let chat = post(&server, "/v1/chat/completions", &ask("Which city is the capital of France?", 4));
+    assert_eq!(chat.status(), 200);
+    assert!(metric(&server, "stove_embedded_inputs_total") < 8.0, "the chat did not wait for all 8 inputs");
+    let done: Value = long_request.join().unwrap().json().unwrap();
+    assert_eq!(done["data"].as_array().unwrap().len(), 8);
+
+    // A client that leaves: its request is dropped at the next piece, not after all its inputs.
+    let before = metric(&server, "stove_embedded_inputs_total");
+    let body = serde_json::to_vec(&json!({ "input": inputs })).unwrap();
+    let mut socket = std::net::TcpStream::connect(format!("127.0.0.1:{}", server.port())).unwrap();
+    let head = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    std::io::Write::write_all(&mut socket, head.as_bytes()).unwrap();
+    std::io::Write::write_all(&mut socket, &body).unwrap();
+    let started = tokens(&server);
+    wait_until("the abandoned request has started", || tokens(&server) > started);
+    drop(socket);
+    wait_until("the request is dropped", || metric(&server, "stove_embeddings_cancelled_total") == 1.0);
+    assert!(metric(&server, "stove_embedded_inputs_total") - before < 8.0, "it stopped before its last input");
+    let chat = post(&server, "/v1/chat/completions", &ask("Which city is the capital of France?", 4));
+    assert_eq!(chat.status(), 200, "and the engine serves the next request");
 }

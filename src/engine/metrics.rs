@@ -23,6 +23,10 @@ pub struct Metrics {
     pub decode_calls: AtomicU64,
     pub decode_tokens: AtomicU64,
     pub decode_micros: AtomicU64,
+    /// Embedding inputs done, the tokens they took, and embedding requests dropped because their client left.
+    pub embedded_inputs: AtomicU64,
+    pub embedded_tokens: AtomicU64,
+    pub embeddings_cancelled: AtomicU64,
 }
 
 impl Metrics {

@@ -8,6 +8,7 @@
 //! slot keeps the tokens its KV cache holds, so a follow-up turn only processes what is new. When a request's
 //! event receiver is gone (the client left or pressed stop), its slot is freed before the next step.
 
+mod embed;
 pub mod metrics;
 mod prompt;
 mod sampling;
@@ -265,6 +266,11 @@ pub enum EngineError {
     BadChat(String),
     #[error("the grammar is not valid: {0}")]
     Grammar(String),
+    #[error(
+        "the inputs are {tokens} tokens in all, and one request may embed at most {budget} \
+         (16 conversations' context); send fewer or shorter texts per request"
+    )]
+    TooMuchToEmbed { tokens: u64, budget: u64 },
     #[error("inference failed: {0}")]
     Inference(String),
 }
@@ -414,6 +420,20 @@ impl Engine {
         }
     }
 
+    /// The tokens of `text` (special tokens written as text are read as such), with each one's text.
+    pub fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<(i32, String)>, EngineError> {
+        let vocab = self.prompter()?.model.vocab();
+        let tokens = vocab.tokenize(text.as_bytes(), add_special, true);
+        Ok(tokens
+            .into_iter()
+            .map(|token| {
+                let mut piece = Vec::new();
+                vocab.token_to_piece_into(token, &mut piece, true, None);
+                (token.0, String::from_utf8_lossy(&piece).into_owned())
+            })
+            .collect())
+    }
+
     /// The prompt text `request` renders to (`/apply-template`, to compare with llama-server's).
     pub fn apply_template(&self, request: &Request) -> Result<String, EngineError> {
         self.prompter()?.prompt_text(request)
@@ -432,6 +452,7 @@ impl Engine {
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Embeddings, EngineError>>, EngineError> {
         let prompter = self.prompter()?;
         let inputs = texts.iter().map(|text| prompter.tokenize_text(text)).collect::<Result<Vec<_>, _>>()?;
+        embed::check_budget(&inputs, u64::from(prompter.context_size) * 16)?;
         let (reply, receiver) = tokio::sync::oneshot::channel();
         self.queue(Work::Embed(EmbedJob { inputs, reply }))?;
         Ok(receiver)

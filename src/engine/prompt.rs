@@ -158,6 +158,13 @@ impl Prompter {
             }
         };
         let tokens = self.tokenize_text(&text)?;
+        let n_vocab = self.model.n_vocab();
+        if let Some(&(token, _)) = request.sampling.logit_bias.iter().find(|(token, _)| *token >= n_vocab) {
+            return Err(EngineError::BadChat(format!(
+                "`logit_bias` names token {token}, but this model's vocabulary has tokens 0 to {}",
+                n_vocab - 1
+            )));
+        }
         if let Some(grammar) = &grammar {
             // Parsed once here, so that a bad grammar is a 400 and not a failure in the middle of a batch.
             grammar.sampler(&self.model)?;

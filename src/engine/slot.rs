@@ -93,9 +93,9 @@ impl Slot {
         self.cached.truncate(keep);
 
         let sampler = match &grammar {
-            None => request.sampling.sampler(None),
+            None => request.sampling.sampler(model.n_vocab(), None),
             Some(grammar) => match grammar.sampler(model) {
-                Ok(grammar) => request.sampling.sampler(Some(grammar)),
+                Ok(grammar) => request.sampling.sampler(model.n_vocab(), Some(grammar)),
                 Err(error) => {
                     let _ = events.send(Event::Failed(error));
                     return;

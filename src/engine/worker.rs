@@ -1,22 +1,24 @@
 //! The engine's worker thread: loads the model, then runs the slots. Each step admits waiting requests into
-//! free slots, drops the ones whose client left, decodes one batch holding every busy slot's next token (and
-//! as much waiting prompt as fits), and samples each slot's next token from it.
+//! free slots, does a piece of any embedding request (`embed.rs`), drops the ones whose client left, decodes one
+//! batch holding every busy slot's next token (and as much waiting prompt as fits), and samples each slot's
+//! next token from it.
 
 use std::num::NonZeroU32;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
+use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 
+use super::embed::EmbedQueue;
 use super::metrics::Metrics;
 use super::prompt::{Prompter, Template};
 use super::slot::{Outcome, Slot};
-use super::{init_backend, page_in, EmbedJob, Embeddings, EngineConfig, EngineError, LoadState, Runtime, Status, Work};
+use super::{init_backend, page_in, EngineConfig, EngineError, LoadState, Runtime, Status, Work};
 use crate::bundle::ModelSpan;
 use crate::gguf::ModelLayout;
 use crate::hardware;
@@ -131,7 +133,7 @@ impl Worker {
             slots,
             slot_context,
             threads,
-            embedder: None,
+            embedding: EmbedQueue::new(),
             metrics: &self.metrics,
             step: 0,
         };
@@ -165,8 +167,8 @@ struct Scheduler<'m> {
     slots: Vec<Slot>,
     slot_context: u32,
     threads: i32,
-    /// A second context that outputs pooled embeddings, made on the first `/v1/embeddings` request.
-    embedder: Option<LlamaContext<'m>>,
+    /// Embedding requests, a piece of one per step.
+    embedding: EmbedQueue<'m>,
     metrics: &'m Metrics,
     step: u64,
 }
@@ -178,6 +180,8 @@ impl Scheduler<'_> {
             if !self.admit(queue) {
                 return;
             }
+            // A piece of embedding work per step, so neither kind of request waits for the other to finish.
+            self.embedding.step(self.model, self.backend, self.slot_context, self.threads, self.metrics);
             for slot in &mut self.slots {
                 if slot.is_abandoned() {
                     slot.cancel(self.metrics);
@@ -207,10 +211,11 @@ impl Scheduler<'_> {
         }
     }
 
-    /// Moves waiting requests into free slots. Blocks while nothing runs; false once the engine is dropped.
+    /// Moves waiting requests into free slots (and embedding requests into their queue). Blocks while nothing
+    /// runs; false once the engine is dropped.
     fn admit(&mut self, queue: &Receiver<Work>) -> bool {
-        while self.slots.iter().any(|s| !s.is_busy()) {
-            let idle = !self.slots.iter().any(Slot::is_busy);
+        while self.slots.iter().any(|s| !s.is_busy()) && !self.embedding.is_full() {
+            let idle = !self.slots.iter().any(Slot::is_busy) && self.embedding.is_empty();
             let work = if idle {
                 match queue.recv() {
                     Ok(work) => work,
@@ -225,9 +230,8 @@ impl Scheduler<'_> {
             self.metrics.dequeued();
             let job = match work {
                 Work::Generate(job) => *job,
-                // Embedding is one short decode per input; it runs between two generation steps.
                 Work::Embed(job) => {
-                    self.embed(job);
+                    self.embedding.push(job);
                     continue;
                 }
             };
@@ -264,53 +268,6 @@ impl Scheduler<'_> {
             }
         }
         self.batch.n_tokens()
-    }
-
-    fn embed(&mut self, job: EmbedJob) {
-        let EmbedJob { inputs, reply } = job;
-        if reply.is_closed() {
-            return;
-        }
-        let _ = reply.send(self.embed_all(&inputs));
-    }
-
-    fn embed_all(&mut self, inputs: &[Vec<llama_cpp_2::token::LlamaToken>]) -> Result<Embeddings, EngineError> {
-        let inference = |e: &dyn std::fmt::Display| EngineError::Inference(e.to_string());
-        if self.embedder.is_none() {
-            // Embedding models name their pooling; a generative model's hidden states are averaged.
-            let arch = self.model.meta_val_str("general.architecture").unwrap_or_default();
-            let pooling = match self.model.meta_val_str(&format!("{arch}.pooling_type")) {
-                Ok(_) => LlamaPoolingType::Unspecified,
-                Err(_) => LlamaPoolingType::Mean,
-            };
-            let params = LlamaContextParams::default()
-                .with_n_ctx(NonZeroU32::new(self.slot_context))
-                // A whole input is one batch: non-causal models need every token at once.
-                .with_n_batch(self.slot_context)
-                .with_n_ubatch(self.slot_context)
-                .with_n_threads(self.threads)
-                .with_n_threads_batch(self.threads)
-                .with_embeddings(true)
-                .with_pooling_type(pooling);
-            let context = self.model.new_context(self.backend, params).map_err(|e| inference(&e))?;
-            self.embedder = Some(context);
-        }
-        let context = self.embedder.as_mut().expect("made above");
-        let mut batch = LlamaBatch::new(self.slot_context as usize, 1);
-        let mut vectors = Vec::with_capacity(inputs.len());
-        for tokens in inputs {
-            context.clear_kv_cache();
-            batch.clear();
-            for (pos, &token) in tokens.iter().enumerate() {
-                batch.add(token, pos as i32, &[0], true).map_err(|e| inference(&e))?;
-            }
-            context.decode(&mut batch).map_err(|e| inference(&e))?;
-            let raw = context.embeddings_seq_ith(0).map_err(|e| inference(&e))?;
-            let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
-            vectors.push(raw.iter().map(|x| x / norm).collect());
-        }
-        let prompt_tokens = inputs.iter().map(|t| t.len() as u32).sum();
-        Ok(Embeddings { vectors, prompt_tokens })
     }
 
     fn sync_busy_count(&self) {

@@ -117,7 +117,7 @@ pub fn metrics(state: &AppState) -> Response<Body> {
     };
     let decode_seconds = seconds(&m.decode_micros);
     let throughput = if decode_seconds > 0.0 { get(&m.decode_tokens) as f64 / decode_seconds } else { 0.0 };
-    let table: [(&str, &str, &str, f64); 15] = [
+    let table: [(&str, &str, &str, f64); 18] = [
         ("slots", "gauge", "Conversations the engine decodes at once.", f64::from(slots)),
         ("slots_busy", "gauge", "Slots generating now.", get(&m.busy_slots) as f64),
         ("requests_waiting", "gauge", "Requests queued for a free slot.", get(&m.waiting) as f64),
@@ -162,6 +162,14 @@ pub fn metrics(state: &AppState) -> Response<Body> {
         ("decode_tokens_total", "counter", "Tokens passed to llama.cpp decode.", get(&m.decode_tokens) as f64),
         ("decode_seconds_total", "counter", "Time spent in llama.cpp decode.", decode_seconds),
         ("decode_tokens_per_second", "gauge", "Tokens decoded per second of decoding, over the uptime.", throughput),
+        ("embedded_inputs_total", "counter", "Texts embedded.", get(&m.embedded_inputs) as f64),
+        ("embedded_tokens_total", "counter", "Tokens decoded for embeddings.", get(&m.embedded_tokens) as f64),
+        (
+            "embeddings_cancelled_total",
+            "counter",
+            "Embedding requests dropped because the client left.",
+            get(&m.embeddings_cancelled) as f64,
+        ),
         ("uptime_seconds", "gauge", "Seconds since the server started.", state.started.elapsed().as_secs_f64()),
     ];
     let mut out = String::new();

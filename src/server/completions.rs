@@ -28,6 +28,34 @@ pub async fn completions(state: &AppState, request: Request<Incoming>) -> Respon
     respond(state, request, Kind::Text).await.unwrap_or_else(|error| error.response())
 }
 
+/// `/tokenize` (llama-server's route): `{"content", "add_special", "with_pieces"}` → the token ids, or
+/// `{"id", "piece"}` objects with `with_pieces`. Scripts and the page count tokens with it.
+pub async fn tokenize(state: &AppState, request: Request<Incoming>) -> Response<Body> {
+    #[derive(serde::Deserialize)]
+    struct Tokenize {
+        content: String,
+        #[serde(default)]
+        add_special: bool,
+        #[serde(default)]
+        with_pieces: bool,
+    }
+    let count = async {
+        let bytes = read_body(request).await?;
+        let asked: Tokenize = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::invalid(format!("the request body is not a valid tokenize request ({{\"content\": …}}): {e}"))
+        })?;
+        let with_pieces = asked.with_pieces;
+        let tokens =
+            off_socket_threads(state, move |engine| engine.tokenize(&asked.content, asked.add_special)).await?;
+        let tokens: Vec<Value> = tokens
+            .into_iter()
+            .map(|(id, piece)| if with_pieces { json!({ "id": id, "piece": piece }) } else { json!(id) })
+            .collect();
+        Ok::<_, ApiError>(json_response(StatusCode::OK, &json!({ "tokens": tokens })))
+    };
+    count.await.unwrap_or_else(|error| error.response())
+}
+
 /// `/apply-template` (llama-server's route): the prompt a chat request renders to, without generating.
 pub async fn apply_template(state: &AppState, request: Request<Incoming>) -> Response<Body> {
     let render = async {

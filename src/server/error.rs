@@ -50,9 +50,10 @@ impl From<EngineError> for ApiError {
             EngineError::PromptTooLong { .. } => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error", Some("context_length_exceeded"))
             }
-            EngineError::Template(_) | EngineError::Grammar(_) | EngineError::BadChat(_) => {
-                (StatusCode::BAD_REQUEST, "invalid_request_error", None)
-            }
+            EngineError::Template(_)
+            | EngineError::Grammar(_)
+            | EngineError::BadChat(_)
+            | EngineError::TooMuchToEmbed { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
             EngineError::LoadFailed(_) | EngineError::Inference(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
             }

@@ -14,7 +14,7 @@ use hyper::header::{
     HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
     ACCESS_CONTROL_MAX_AGE, AUTHORIZATION, HOST, ORIGIN, VARY,
 };
-use hyper::{Method, Response, StatusCode};
+use hyper::{Method, Response, StatusCode, Uri};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -44,8 +44,26 @@ impl Guard {
     }
 
     /// Checks `Host`, `Origin` and the API key; `Err` is the response to send instead.
-    pub fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<Pass, Box<Response<Body>>> {
-        let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    pub fn check(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Pass, Box<Response<Body>>> {
+        let path = uri.path();
+        let hosts = headers.get_all(HOST).iter().count();
+        if hosts > 1 {
+            return Err(Box::new(
+                ApiError::invalid(format!("the request has {hosts} Host headers; HTTP allows exactly one")).response(),
+            ));
+        }
+        // An absolute-form target (`POST http://name/v1/…`) names the host itself, and then it is the one that
+        // counts, not the Host header (RFC 9112, section 3.2.2).
+        let host = match uri.authority() {
+            Some(authority) => authority.as_str(),
+            None => headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default(),
+        };
+        if host.is_empty() {
+            return Err(Box::new(
+                ApiError::invalid("the request has no Host header; HTTP/1.1 requires one (curl and browsers send it)")
+                    .response(),
+            ));
+        }
         if !self.host_allowed(host) {
             let shown = if host.is_empty() { "(none)" } else { host };
             return Err(Box::new(forbidden(
@@ -129,7 +147,9 @@ impl Guard {
 
 /// The routes that reach the model or describe the machine; the page's files and `/health` do not.
 fn needs_key(path: &str) -> bool {
-    path.starts_with("/v1/") || path == "/metrics" || path == "/apply-template" || path.starts_with("/stove/")
+    path.starts_with("/v1/")
+        || matches!(path, "/metrics" | "/apply-template" | "/tokenize")
+        || path.starts_with("/stove/")
 }
 
 /// The name in a `Host` header, lowercase, without the port.
@@ -179,7 +199,7 @@ mod tests {
     }
 
     fn status(guard: &Guard, method: Method, path: &str, list: &[(&'static str, &str)]) -> StatusCode {
-        match guard.check(&method, path, &headers(list)) {
+        match guard.check(&method, &path.parse().unwrap(), &headers(list)) {
             Ok(_) => StatusCode::OK,
             Err(response) => response.status(),
         }
@@ -193,9 +213,25 @@ mod tests {
         {
             assert_eq!(status(&guard, Method::GET, "/", &[("host", host)]), StatusCode::OK, "{host}");
         }
-        for host in ["evil.example:8080", "localhost.evil.example", ""] {
+        for host in ["evil.example:8080", "localhost.evil.example"] {
             assert_eq!(status(&guard, Method::GET, "/", &[("host", host)]), StatusCode::FORBIDDEN, "{host}");
         }
+    }
+
+    #[test]
+    fn one_host_is_required_and_an_absolute_target_names_it() {
+        let guard = Guard::new(None, &[], &[]);
+        assert_eq!(status(&guard, Method::GET, "/", &[]), StatusCode::BAD_REQUEST, "no Host at all");
+        assert_eq!(status(&guard, Method::GET, "/", &[("host", "")]), StatusCode::BAD_REQUEST, "an empty Host");
+        let mut two = headers(&[("host", "127.0.0.1")]);
+        two.append(HOST, HeaderValue::from_static("evil.example"));
+        let refused = guard.check(&Method::GET, &"/".parse().unwrap(), &two).err().unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        // The target's authority counts, whatever Host says.
+        let rebinding = [("host", "127.0.0.1")];
+        assert_eq!(status(&guard, Method::GET, "http://evil.example/v1/models", &rebinding), StatusCode::FORBIDDEN);
+        let local = [("host", "evil.example")];
+        assert_eq!(status(&guard, Method::GET, "http://127.0.0.1:8080/v1/models", &local), StatusCode::OK);
     }
 
     #[test]
@@ -207,9 +243,10 @@ mod tests {
         assert_eq!(status(&open, Method::POST, "/v1/chat/completions", &foreign), StatusCode::FORBIDDEN);
 
         let allowing = Guard::new(None, &[], &["http://evil.example/".into()]);
-        let pass = allowing.check(&Method::POST, "/v1/models", &headers(&foreign)).ok().unwrap();
+        let models = "/v1/models".parse().unwrap();
+        let pass = allowing.check(&Method::POST, &models, &headers(&foreign)).ok().unwrap();
         assert_eq!(pass.cors_origin.unwrap(), "http://evil.example");
-        let preflight = allowing.check(&Method::OPTIONS, "/v1/models", &headers(&foreign)).err().unwrap();
+        let preflight = allowing.check(&Method::OPTIONS, &models, &headers(&foreign)).err().unwrap();
         assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
         assert_eq!(preflight.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], "http://evil.example");
     }

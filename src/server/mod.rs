@@ -172,7 +172,7 @@ async fn off_socket_threads<T: Send + 'static>(
 
 async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_string();
-    let response = match state.guard.check(request.method(), &path, request.headers()) {
+    let response = match state.guard.check(request.method(), request.uri(), request.headers()) {
         Err(refused) => *refused,
         Ok(pass) => {
             let response = match (request.method(), path.as_str()) {
@@ -187,6 +187,7 @@ async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<Respo
                 (&Method::POST, "/v1/messages/count_tokens") => anthropic::count_tokens(&state, request).await,
                 (&Method::POST, "/v1/responses") => responses::responses(&state, request).await,
                 (&Method::POST, "/apply-template") => completions::apply_template(&state, request).await,
+                (&Method::POST, "/tokenize") => completions::tokenize(&state, request).await,
                 (
                     _,
                     "/v1/chat/completions"

@@ -20,6 +20,11 @@ const MAX_BODY: usize = 4 << 20;
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// `max_tokens` when a `/v1/completions` request gives none (OpenAI's default there).
 const DEFAULT_COMPLETION_TOKENS: u32 = 16;
+/// Most stop strings, and their bytes in all (OpenAI takes 4 strings; llama-server any number).
+const MAX_STOPS: usize = 16;
+const MAX_STOP_BYTES: usize = 4096;
+/// Most tokens a request may bias (OpenAI allows 300).
+const MAX_LOGIT_BIAS: usize = 1024;
 
 /// Which endpoint: they share everything but the prompt and the shape of a choice.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,6 +52,8 @@ struct CommonFields {
     response_format: Option<ResponseFormat>,
     /// llama-server's extension: a GBNF grammar the answer must follow.
     grammar: Option<String>,
+    /// Token id (as text) → bias from -100 to 100, added to that token's logit.
+    logit_bias: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +239,29 @@ fn common(raw: CommonFields, kind: Kind, prompt: Prompt, defaults: &SamplingPara
         Some(Stop::One(s)) => vec![s],
         Some(Stop::Many(list)) => list,
     };
+    // Every generated token is checked against every stop string on the engine's shared thread.
+    let stop_bytes: usize = stop.iter().map(String::len).sum();
+    if stop.len() > MAX_STOPS || stop_bytes > MAX_STOP_BYTES {
+        return Err(ApiError::invalid(format!(
+            "`stop` has {} strings of {stop_bytes} bytes; at most {MAX_STOPS} strings of {MAX_STOP_BYTES} bytes in all \
+             are accepted",
+            stop.len()
+        )));
+    }
+    for (token, bias) in raw.logit_bias.unwrap_or_default() {
+        let id = token.parse::<i32>().ok().filter(|id| *id >= 0).ok_or_else(|| {
+            ApiError::invalid(format!("`logit_bias` has the key \"{token}\"; keys are token ids (0, 1, 2, …)"))
+        })?;
+        let bias = bias.as_f64().filter(|b| (-100.0..=100.0).contains(b)).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "`logit_bias` gives token {token} the bias {bias}; use a number from -100 to 100"
+            ))
+        })?;
+        sampling.logit_bias.push((id, bias as f32));
+    }
+    if sampling.logit_bias.len() > MAX_LOGIT_BIAS {
+        return Err(ApiError::invalid(format!("`logit_bias` has more than {MAX_LOGIT_BIAS} tokens")));
+    }
     let grammar = match (raw.response_format, raw.grammar) {
         (Some(_), Some(_)) => return Err(ApiError::invalid("give either `response_format` or `grammar`, not both")),
         (None | Some(ResponseFormat::Text), grammar) => grammar,
