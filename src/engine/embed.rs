@@ -37,6 +37,11 @@ struct Task {
 
 /// The embedding work the scheduler interleaves with generation, and the context it runs in.
 pub struct EmbedQueue<'m> {
+    model: &'m LlamaModel,
+    backend: &'m LlamaBackend,
+    /// Tokens one input may hold (a conversation's context), and the threads decoding uses.
+    slot_context: u32,
+    threads: i32,
     /// A second context that outputs embeddings, made on the first request.
     context: Option<LlamaContext<'m>>,
     /// Whether the model pools itself (one decode per input) or its states are averaged here.
@@ -46,8 +51,17 @@ pub struct EmbedQueue<'m> {
 }
 
 impl<'m> EmbedQueue<'m> {
-    pub fn new() -> Self {
-        EmbedQueue { context: None, own_pooling: false, tasks: VecDeque::new(), batch: None }
+    pub fn new(model: &'m LlamaModel, backend: &'m LlamaBackend, slot_context: u32, threads: i32) -> Self {
+        EmbedQueue {
+            model,
+            backend,
+            slot_context,
+            threads,
+            context: None,
+            own_pooling: false,
+            tasks: VecDeque::new(),
+            batch: None,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -63,21 +77,14 @@ impl<'m> EmbedQueue<'m> {
     }
 
     /// Does one piece of the oldest request: drops it if its client left, replies when it is complete.
-    pub fn step(
-        &mut self,
-        model: &'m LlamaModel,
-        backend: &'m LlamaBackend,
-        slot_context: u32,
-        threads: i32,
-        metrics: &Metrics,
-    ) {
+    pub fn step(&mut self, metrics: &Metrics) {
         let Some(task) = self.tasks.front() else { return };
         if task.job.reply.is_closed() {
             self.tasks.pop_front();
             Metrics::add(&metrics.embeddings_cancelled, 1);
             return;
         }
-        if let Err(error) = self.piece(model, backend, slot_context, threads, metrics) {
+        if let Err(error) = self.piece(metrics) {
             let task = self.tasks.pop_front().expect("checked above");
             let _ = task.job.reply.send(Err(error));
             return;
@@ -90,14 +97,8 @@ impl<'m> EmbedQueue<'m> {
         }
     }
 
-    fn piece(
-        &mut self,
-        model: &'m LlamaModel,
-        backend: &'m LlamaBackend,
-        slot_context: u32,
-        threads: i32,
-        metrics: &Metrics,
-    ) -> Result<(), EngineError> {
+    fn piece(&mut self, metrics: &Metrics) -> Result<(), EngineError> {
+        let (model, slot_context, threads) = (self.model, self.slot_context, self.threads);
         let inference = |e: &dyn std::fmt::Display| EngineError::Inference(e.to_string());
         if self.context.is_none() {
             // Embedding models name their pooling; a generative model's hidden states are averaged here.
@@ -113,7 +114,7 @@ impl<'m> EmbedQueue<'m> {
                 .with_n_threads_batch(threads)
                 .with_embeddings(true)
                 .with_pooling_type(pooling);
-            self.context = Some(model.new_context(backend, params).map_err(|e| inference(&e))?);
+            self.context = Some(model.new_context(self.backend, params).map_err(|e| inference(&e))?);
             self.batch = Some(LlamaBatch::new(slot_context as usize, 1));
         }
         let context = self.context.as_mut().expect("made above");

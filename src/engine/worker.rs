@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 
@@ -126,14 +125,12 @@ impl Worker {
         let batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
         let slots = (0..parallel as i32).map(Slot::new).collect();
         let mut scheduler = Scheduler {
-            backend: &backend,
             model: &model,
             ctx,
             batch,
             slots,
             slot_context,
-            threads,
-            embedding: EmbedQueue::new(),
+            embedding: EmbedQueue::new(&model, &backend, slot_context, threads),
             metrics: &self.metrics,
             step: 0,
         };
@@ -159,14 +156,12 @@ fn default_parallel(layout: &ModelLayout, context_size: u32) -> u32 {
 }
 
 struct Scheduler<'m> {
-    backend: &'m LlamaBackend,
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
     /// Reused for every decode, sized to the context's batch.
     batch: LlamaBatch<'static>,
     slots: Vec<Slot>,
     slot_context: u32,
-    threads: i32,
     /// Embedding requests, a piece of one per step.
     embedding: EmbedQueue<'m>,
     metrics: &'m Metrics,
@@ -181,7 +176,7 @@ impl Scheduler<'_> {
                 return;
             }
             // A piece of embedding work per step, so neither kind of request waits for the other to finish.
-            self.embedding.step(self.model, self.backend, self.slot_context, self.threads, self.metrics);
+            self.embedding.step(self.metrics);
             for slot in &mut self.slots {
                 if slot.is_abandoned() {
                     slot.cancel(self.metrics);
