@@ -121,6 +121,32 @@ fn without_memory_files_the_engine_comes_from_a_verified_cache() {
 }
 
 #[test]
+fn an_interrupted_first_start_leaves_nothing_after_the_next_one_and_the_cache_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = scratch().join("interrupted cache");
+    let engines = cache.join("stove/engine");
+    // What a start killed while copying leaves: a partial folder named after its (now gone) process id.
+    let killed = engines.join(".partial-999999999-abc123");
+    std::fs::create_dir_all(&killed).unwrap();
+    std::fs::write(killed.join("libstove.so"), vec![0u8; 1 << 20]).unwrap();
+    // And one that another stove, still running (this test process stands in for it), is filling now.
+    let running = engines.join(format!(".partial-{}-def456", std::process::id()));
+    std::fs::create_dir_all(&running).unwrap();
+    std::fs::set_permissions(&engines, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let env = [("STOVE_ENGINE_IN_MEMORY", Path::new("0")), ("XDG_CACHE_HOME", &cache)];
+    let output = info(&env);
+    assert!(output.contains("loaded from cache"), "{output}");
+    assert!(!killed.exists(), "the killed start's copy is removed");
+    assert!(running.exists(), "a running stove's copy is left alone");
+    let left: Vec<PathBuf> = read_dir(&engines).into_iter().filter(|p| *p != running).collect();
+    assert_eq!(left.len(), 1, "only the engine itself: {left:?}");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&engines), 0o700, "the cache is this user's alone");
+    assert_eq!(mode(&left[0]), 0o700);
+}
+
+#[test]
 fn with_no_usable_cache_a_temporary_copy_is_used_and_removed() {
     let temporary = scratch().join("tmp");
     std::fs::create_dir_all(&temporary).unwrap();

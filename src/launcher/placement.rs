@@ -109,6 +109,8 @@ fn in_directory(
     };
     if reuse && dir.is_dir() {
         if index.files.iter().all(|f| sha256_of(&dir.join(&f.name)).is_some_and(|digest| digest == f.sha256)) {
+            // Folders made by older stoves were readable by everyone.
+            let _ = private_dir(dir);
             return Ok(placed(dir));
         }
         // Damaged or tampered with since it was extracted: replace it.
@@ -117,8 +119,13 @@ fn in_directory(
     let unavailable = |e: io::Error| Refused::Unavailable(format!("{}: {e}", dir.display()));
     let parent = dir.parent().unwrap_or(dir);
     let staging = if reuse {
-        fs::create_dir_all(parent).map_err(unavailable)?;
-        tempfile::Builder::new().prefix(".partial-").tempdir_in(parent).map_err(unavailable)?.keep()
+        private_dir(parent).map_err(unavailable)?;
+        sweep_stale_partials(parent);
+        // The process id in the name tells a later run whether the stove filling it is still alive.
+        let prefix = format!("{PARTIAL}{}-", std::process::id());
+        let staging = tempfile::Builder::new().prefix(&prefix).tempdir_in(parent).map_err(unavailable)?.keep();
+        private_dir(&staging).map_err(unavailable)?;
+        staging
     } else {
         dir.to_path_buf()
     };
@@ -144,6 +151,59 @@ fn in_directory(
         }
     }
     Ok(placed(dir))
+}
+
+/// Cache folders being filled are named `.partial-<pid>-…`.
+const PARTIAL: &str = ".partial-";
+/// A partial folder older than this is stale even when its process id is in use (by a later process that got
+/// the same number); no engine takes this long to copy.
+const PARTIAL_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Creates the cache's folder (and its parents) readable by this user alone: the engine files are code that
+/// runs, so no other user should see them change, and a shared machine's users should not see each other's.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Removes what interrupted runs left in the cache: `.partial-` folders whose stove is gone (its process id
+/// no longer runs; on Windows, where only the age is looked at, after an hour), or older than an hour.
+/// Another stove that is copying right now keeps its folder.
+fn sweep_stale_partials(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(PARTIAL) else { continue };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        let old = age.is_some_and(|age| age > PARTIAL_LIFETIME);
+        let gone = pid.is_some_and(|pid| !process_runs(pid));
+        // Folders named before process ids were part of the name have none: only their age tells.
+        if old || gone {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Whether a process with this id runs (an answer of "unknown" counts as running, so nothing is removed).
+fn process_runs(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = i32::try_from(pid) else { return true };
+        // SAFETY: signal 0 only asks whether the process exists; nothing is sent.
+        let answer = unsafe { libc::kill(pid, 0) };
+        answer == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
 }
 
 /// Copies one engine file out of the archive, checking its size, its CRC (the archive's) and, when given,
