@@ -7,7 +7,8 @@
 //! turn reuses the cached prompt; a conversation that fills its context ends with "length"; JSON-schema
 //! output parses; embeddings are unit vectors, nearer for nearer texts, share the engine with chats, stop when
 //! their client leaves and have a per-request budget; every bad input in a table gets its 4xx with a useful message and the server keeps serving;
-//! listening beyond loopback needs a key; an allowed origin gets CORS headers.
+//! listening beyond loopback needs a key; an allowed origin gets CORS headers; 600 idle sockets do not keep a
+//! client with a key out.
 
 mod common;
 
@@ -492,4 +493,29 @@ fn embeddings_share_the_engine_stop_when_their_client_leaves_and_have_a_budget()
     assert!(metric(&server, "stove_embedded_inputs_total") - before < 8.0, "it stopped before its last input");
     let chat = post(&server, "/v1/chat/completions", &ask("Which city is the capital of France?", 4));
     assert_eq!(chat.status(), 200, "and the engine serves the next request");
+}
+
+#[test]
+fn idle_sockets_cannot_lock_out_a_client_with_a_key() {
+    let server = Server::start(bundle(), &["--api-key", "s3cret"]);
+    let address = format!("127.0.0.1:{}", server.port());
+    // 600 connections that never send a byte: more than the server's 512 places.
+    let idle: Vec<std::net::TcpStream> = (0..600).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+    let keyed_metric = |name: &str| -> f64 {
+        let text =
+            client().get(format!("{}/metrics", server.url)).bearer_auth("s3cret").send().unwrap().text().unwrap();
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap()
+    };
+    wait_until("the server has taken them all in", || keyed_metric("stove_connections_closed_silent_total") >= 88.0);
+    // A client that sends its request is served at once, not after the idle ones time out (30 s before).
+    let quick = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let response = quick
+        .post(format!("{}/v1/chat/completions", server.url))
+        .bearer_auth("s3cret")
+        .json(&ask("Say hi", 2))
+        .send()
+        .expect("served while 600 idle sockets are open");
+    assert_eq!(response.status(), 200);
+    assert!(keyed_metric("stove_connections_open") <= 512.0);
+    drop(idle);
 }

@@ -117,7 +117,7 @@ pub fn metrics(state: &AppState) -> Response<Body> {
     };
     let decode_seconds = seconds(&m.decode_micros);
     let throughput = if decode_seconds > 0.0 { get(&m.decode_tokens) as f64 / decode_seconds } else { 0.0 };
-    let table: [(&str, &str, &str, f64); 18] = [
+    let table: [(&str, &str, &str, f64); 21] = [
         ("slots", "gauge", "Conversations the engine decodes at once.", f64::from(slots)),
         ("slots_busy", "gauge", "Slots generating now.", get(&m.busy_slots) as f64),
         ("requests_waiting", "gauge", "Requests queued for a free slot.", get(&m.waiting) as f64),
@@ -171,6 +171,19 @@ pub fn metrics(state: &AppState) -> Response<Body> {
             get(&m.embeddings_cancelled) as f64,
         ),
         ("uptime_seconds", "gauge", "Seconds since the server started.", state.started.elapsed().as_secs_f64()),
+        ("connections_open", "gauge", "HTTP connections open now.", state.connections.count() as f64),
+        (
+            "connections_closed_silent_total",
+            "counter",
+            "Connections closed because they sent nothing, to make room or after 10 s.",
+            get(&state.connections.closed_silent) as f64,
+        ),
+        (
+            "connections_refused_total",
+            "counter",
+            "Connections closed at once because every place was busy with a request.",
+            get(&state.connections.refused) as f64,
+        ),
     ];
     let mut out = String::new();
     for (name, kind, help, value) in table {

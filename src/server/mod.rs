@@ -11,6 +11,7 @@ mod api;
 mod assets;
 mod body;
 mod completions;
+mod connections;
 mod conversation;
 mod embeddings;
 mod error;
@@ -36,6 +37,7 @@ use crate::engine::{Engine, SamplingParams};
 use api::HttpCounters;
 pub use assets::Assets;
 use body::Body;
+use connections::Connections;
 use error::{method_not_allowed, not_found};
 pub use guard::Guard;
 
@@ -47,8 +49,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head (request line and headers); hyper answers 431 past it.
 const MAX_HEAD: usize = 64 << 10;
-/// Most connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 512;
 
 /// What every request handler can reach.
 pub struct AppState {
@@ -57,12 +57,22 @@ pub struct AppState {
     pub sampling: SamplingParams,
     pub guard: Guard,
     pub http: HttpCounters,
+    /// The open connections (`connections.rs`).
+    pub connections: Arc<Connections>,
     pub started: std::time::Instant,
 }
 
 impl AppState {
     pub fn new(engine: Engine, assets: Assets, sampling: SamplingParams, guard: Guard) -> Self {
-        AppState { engine, assets, sampling, guard, http: HttpCounters::default(), started: std::time::Instant::now() }
+        AppState {
+            engine,
+            assets,
+            sampling,
+            guard,
+            http: HttpCounters::default(),
+            connections: Arc::new(Connections::default()),
+            started: std::time::Instant::now(),
+        }
     }
 }
 
@@ -105,34 +115,34 @@ pub fn display_url(addr: SocketAddr) -> String {
 pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let connections = Arc::clone(&state.connections);
     loop {
-        tokio::select! {
-            permit = Arc::clone(&connections).acquire_owned() => {
-                let permit = permit.expect("the semaphore is never closed");
-                let stream = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        // Out of file descriptors and the like: keep serving the connections we have.
-                        Err(e) => { eprintln!("cannot accept a connection: {e}"); continue; }
-                    },
-                    _ = &mut shutdown => break,
-                };
-                let state = Arc::clone(&state);
-                let service = service_fn(move |request| route(Arc::clone(&state), request));
-                let connection = http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .max_header_size(MAX_HEAD)
-                    .serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                    drop(permit);
-                });
-            }
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: keep serving the connections we have.
+                Err(e) => { eprintln!("cannot accept a connection: {e}"); continue; }
+            },
             _ = &mut shutdown => break,
-        }
+        };
+        // Full of connections that are all busy with requests: this one is closed at once.
+        let Some(ticket) = connections.admit(peer.ip()) else { continue };
+        let state = Arc::clone(&state);
+        let service = service_fn(move |request| route(Arc::clone(&state), request));
+        let stream = connections::Marked::new(stream, Arc::clone(&ticket.spoke));
+        let connection = http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .max_header_size(MAX_HEAD)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = connection => {}
+                _ = connections::must_close(&ticket) => {}
+            }
+            drop(ticket);
+        });
     }
     drop(listener);
     eprintln!("stopping");
