@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// Let web pages from this origin (like http://localhost:3000) call the API; `*` allows any
     #[arg(long, global = true, value_name = "ORIGIN")]
     pub cors_origin: Vec<String>,
+    /// The address of a TLS proxy in front of stove: its X-Forwarded-Proto (or Forwarded) header is believed,
+    /// so the page served as https://NAME works; from any other peer the header is ignored
+    #[arg(long, global = true, value_name = "IP")]
+    pub trusted_proxy: Vec<std::net::IpAddr>,
     /// CPU threads [default: the number of physical cores]
     #[arg(short, long, global = true)]
     pub threads: Option<usize>,

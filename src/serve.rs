@@ -79,7 +79,7 @@ pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
             run.host
         );
     }
-    let guard = Guard::new(api_key.as_deref(), &run.allow_host, &run.cors_origin);
+    let guard = Guard::new(api_key.as_deref(), &run.allow_host, &run.cors_origin).trusting(&run.trusted_proxy);
     let state = Arc::new(AppState::new(engine.clone(), Assets::new(&web), run.sampling(), guard));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

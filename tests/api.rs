@@ -8,7 +8,7 @@
 //! output parses; embeddings are unit vectors, nearer for nearer texts, share the engine with chats, stop when
 //! their client leaves and have a per-request budget; every bad input in a table gets its 4xx with a useful message and the server keeps serving;
 //! listening beyond loopback needs a key; an allowed origin gets CORS headers; 600 idle sockets do not keep a
-//! client with a key out.
+//! client with a key out; behind a trusted TLS proxy the page's https origin is its own.
 
 mod common;
 
@@ -518,4 +518,25 @@ fn idle_sockets_cannot_lock_out_a_client_with_a_key() {
     assert_eq!(response.status(), 200);
     assert!(keyed_metric("stove_connections_open") <= 512.0);
     drop(idle);
+}
+
+#[test]
+fn the_page_works_behind_a_trusted_tls_proxy() {
+    // The test client plays the proxy on 127.0.0.1, the browser's https origin in its headers.
+    let origin_request = |server: &Server, proto: Option<&str>| {
+        let host = server.url.trim_start_matches("http://").to_string();
+        let mut request = client()
+            .post(format!("{}/v1/chat/completions", server.url))
+            .header("origin", format!("https://{host}"))
+            .json(&ask("Say hi", 2));
+        if let Some(proto) = proto {
+            request = request.header("x-forwarded-proto", proto);
+        }
+        request.send().unwrap().status().as_u16()
+    };
+    let proxied = Server::start(bundle(), &["--trusted-proxy", "127.0.0.1"]);
+    assert_eq!(origin_request(&proxied, Some("https")), 200, "the page's own https origin");
+    assert_eq!(origin_request(&proxied, None), 403, "without the proxy's word it is another origin");
+    let direct = Server::start(bundle(), &[]);
+    assert_eq!(origin_request(&direct, Some("https")), 403, "a peer that is not a trusted proxy is not believed");
 }

@@ -4,7 +4,9 @@
 //!   `--allow-host`. A web page on a domain the attacker controls can point that name at 127.0.0.1 (DNS
 //!   rebinding); its requests still carry the attacker's name in `Host`, so they are refused.
 //! - A browser request from another origin (its `Origin` header differs from the server's own) is refused
-//!   unless `--cors-origin` names that origin; allowed ones get CORS headers and preflight answers.
+//!   unless `--cors-origin` names that origin; allowed ones get CORS headers and preflight answers. Behind a TLS
+//!   proxy named with `--trusted-proxy`, the server's own origin is `https://` when that proxy says so
+//!   (`X-Forwarded-Proto` or `Forwarded: proto=`); from any other peer those headers are ignored.
 //! - With an API key, every API route needs `Authorization: Bearer KEY`. The page's files and `/health` stay
 //!   open: they hold nothing secret, and the page asks for the key.
 
@@ -26,6 +28,8 @@ pub struct Guard {
     api_key: Option<[u8; 32]>,
     allowed_hosts: Vec<String>,
     cors_origins: Vec<String>,
+    /// Peers whose `X-Forwarded-Proto`/`Forwarded` headers are believed (`--trusted-proxy`).
+    trusted_proxies: Vec<IpAddr>,
 }
 
 /// What the guard decided about a request that may go on.
@@ -40,11 +44,43 @@ impl Guard {
             api_key: api_key.map(|key| Sha256::digest(key.as_bytes()).into()),
             allowed_hosts: allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
             cors_origins: cors_origins.iter().map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase()).collect(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+
+    /// Believes these peers when they say the browser reached them over https (`--trusted-proxy`).
+    pub fn trusting(mut self, proxies: &[IpAddr]) -> Self {
+        self.trusted_proxies = proxies.to_vec();
+        self
+    }
+
+    /// The scheme the browser used: `https` when a trusted proxy says so, else `http`.
+    fn scheme(&self, peer: IpAddr, headers: &HeaderMap) -> &'static str {
+        if !self.trusted_proxies.contains(&peer) {
+            return "http";
+        }
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
+        // The proxy nearest to stove wrote the last value.
+        let forwarded_proto =
+            header("x-forwarded-proto").and_then(|v| v.rsplit(',').next().map(|p| p.trim().to_string()));
+        let forwarded = header("forwarded").and_then(|v| {
+            let last = v.rsplit(',').next()?.to_string();
+            last.split(';').find_map(|pair| pair.trim().strip_prefix("proto=").map(|p| p.trim_matches('"').to_string()))
+        });
+        match forwarded.or(forwarded_proto).as_deref() {
+            Some("https") => "https",
+            _ => "http",
         }
     }
 
     /// Checks `Host`, `Origin` and the API key; `Err` is the response to send instead.
-    pub fn check(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Pass, Box<Response<Body>>> {
+    pub fn check(
+        &self,
+        peer: IpAddr,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Pass, Box<Response<Body>>> {
         let path = uri.path();
         let hosts = headers.get_all(HOST).iter().count();
         if hosts > 1 {
@@ -78,7 +114,7 @@ impl Guard {
         let mut pass = Pass { cors_origin: None };
         if let Some(origin) = headers.get(ORIGIN) {
             let text = origin.to_str().unwrap_or_default().to_ascii_lowercase();
-            let same_origin = text == format!("http://{}", host.to_ascii_lowercase());
+            let same_origin = text == format!("{}://{}", self.scheme(peer, headers), host.to_ascii_lowercase());
             if !same_origin {
                 if !self.cors_origins.iter().any(|o| o == "*" || *o == text) {
                     return Err(Box::new(forbidden(
@@ -190,6 +226,28 @@ fn preflight(pass: &Pass) -> Response<Body> {
 mod tests {
     use super::*;
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn behind_a_trusted_proxy_the_page_is_https() {
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let guard = Guard::new(None, &["chat.example".into()], &[]).trusting(&[proxy]);
+        let uri: Uri = "/v1/chat/completions".parse().unwrap();
+        let through = |peer, extra: &[(&'static str, &str)]| {
+            let mut list = vec![("host", "chat.example"), ("origin", "https://chat.example")];
+            list.extend_from_slice(extra);
+            guard.check(peer, &Method::POST, &uri, &headers(&list)).map(|_| ()).map_err(|r| r.status())
+        };
+        assert_eq!(through(proxy, &[("x-forwarded-proto", "https")]), Ok(()));
+        assert_eq!(through(proxy, &[("forwarded", "for=1.2.3.4;proto=https;host=chat.example")]), Ok(()));
+        assert_eq!(through(proxy, &[]), Err(StatusCode::FORBIDDEN), "the proxy did not say https");
+        assert_eq!(
+            through(LOCAL, &[("x-forwarded-proto", "https")]),
+            Err(StatusCode::FORBIDDEN),
+            "anyone else saying so is not believed"
+        );
+    }
+
     fn headers(list: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in list {
@@ -199,7 +257,7 @@ mod tests {
     }
 
     fn status(guard: &Guard, method: Method, path: &str, list: &[(&'static str, &str)]) -> StatusCode {
-        match guard.check(&method, &path.parse().unwrap(), &headers(list)) {
+        match guard.check(LOCAL, &method, &path.parse().unwrap(), &headers(list)) {
             Ok(_) => StatusCode::OK,
             Err(response) => response.status(),
         }
@@ -225,7 +283,7 @@ mod tests {
         assert_eq!(status(&guard, Method::GET, "/", &[("host", "")]), StatusCode::BAD_REQUEST, "an empty Host");
         let mut two = headers(&[("host", "127.0.0.1")]);
         two.append(HOST, HeaderValue::from_static("evil.example"));
-        let refused = guard.check(&Method::GET, &"/".parse().unwrap(), &two).err().unwrap();
+        let refused = guard.check(LOCAL, &Method::GET, &"/".parse().unwrap(), &two).err().unwrap();
         assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
         // The target's authority counts, whatever Host says.
         let rebinding = [("host", "127.0.0.1")];
@@ -244,9 +302,9 @@ mod tests {
 
         let allowing = Guard::new(None, &[], &["http://evil.example/".into()]);
         let models = "/v1/models".parse().unwrap();
-        let pass = allowing.check(&Method::POST, &models, &headers(&foreign)).ok().unwrap();
+        let pass = allowing.check(LOCAL, &Method::POST, &models, &headers(&foreign)).ok().unwrap();
         assert_eq!(pass.cors_origin.unwrap(), "http://evil.example");
-        let preflight = allowing.check(&Method::OPTIONS, &models, &headers(&foreign)).err().unwrap();
+        let preflight = allowing.check(LOCAL, &Method::OPTIONS, &models, &headers(&foreign)).err().unwrap();
         assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
         assert_eq!(preflight.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], "http://evil.example");
     }

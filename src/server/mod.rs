@@ -128,7 +128,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> Result<()> {
         // Full of connections that are all busy with requests: this one is closed at once.
         let Some(ticket) = connections.admit(peer.ip()) else { continue };
         let state = Arc::clone(&state);
-        let service = service_fn(move |request| route(Arc::clone(&state), request));
+        let peer = peer.ip();
+        let service = service_fn(move |request| route(Arc::clone(&state), peer, request));
         let stream = connections::Marked::new(stream, Arc::clone(&ticket.spoke));
         let connection = http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
@@ -180,9 +181,9 @@ async fn off_socket_threads<T: Send + 'static>(
         .map_err(error::ApiError::from)
 }
 
-async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn route(state: Arc<AppState>, peer: IpAddr, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_string();
-    let response = match state.guard.check(request.method(), request.uri(), request.headers()) {
+    let response = match state.guard.check(peer, request.method(), request.uri(), request.headers()) {
         Err(refused) => *refused,
         Ok(pass) => {
             let response = match (request.method(), path.as_str()) {
