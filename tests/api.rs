@@ -367,6 +367,12 @@ fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
     assert!(two.starts_with("HTTP/1.1 400") && two.contains("Host headers"), "{two}");
     let none = raw("GET /health HTTP/1.0\r\n\r\n");
     assert!(none.starts_with("HTTP/1.0 400") && none.contains("no Host header"), "{none}");
+    // A Content-Length past any body size is the client's error (413, or 400 when it is no number), not 431.
+    let huge = raw("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\nContent-Length: 9999999999\r\n\r\n");
+    assert!(huge.starts_with("HTTP/1.1 413"), "{huge}");
+    let overflowing =
+        raw("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999999999999999\r\n\r\n");
+    assert!(overflowing.starts_with("HTTP/1.1 400"), "{overflowing}");
     let absolute = raw("GET http://attacker.example/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     assert!(absolute.starts_with("HTTP/1.1 403") && absolute.contains("attacker.example"), "{absolute}");
 
