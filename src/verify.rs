@@ -13,7 +13,10 @@ use anyhow::{bail, Context, Result};
 use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha256};
 
-use crate::bundle::{Bundle, BundleError, ModelSource};
+use crate::bundle::{
+    Bundle, BundleError, ModelSource, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY, MANIFEST_ENTRY, MODEL_ENTRY, SIGNATURE_ENTRY,
+    WEB_PREFIX,
+};
 use crate::cli::{RunArgs, VerifyArgs};
 use crate::hardware::human_bytes;
 use crate::launch::{EngineIndex, ARCHIVE_DIR, INDEX_ENTRY};
@@ -130,8 +133,93 @@ pub fn check(bundle: &Bundle, required: Option<&VerifyingKey>) -> Result<Report>
             parts.push(Part { name: format!("page {name}"), size: Some(data.len() as u64), state: State::Unrecorded });
         }
     }
+    parts.extend(check_layout(bundle)?);
     let signature = signing::check(&bundle.manifest_bytes, bundle.signature.as_deref(), required);
     Ok(Report { parts, signature })
+}
+
+/// Accounts for every byte of the file, so that a signed file cannot carry unsigned content: the padding
+/// between the launcher and the archive is zeros, the archive holds only the entries stove writes (each
+/// of them checked above), one after another with nothing between them, and the file ends with the archive's
+/// end record, without a comment or anything after it.
+fn check_layout(bundle: &Bundle) -> Result<Vec<Part>> {
+    let path = &bundle.model.path;
+    let manifest = &bundle.manifest;
+    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file_len = file.metadata()?.len();
+    let mut archive = zip::ZipArchive::new(File::open(path)?)
+        .with_context(|| format!("cannot read the archive in {}", path.display()))?;
+    let mut parts = Vec::new();
+    let mut spans = Vec::with_capacity(archive.len());
+    for i in 0..archive.len() {
+        let entry =
+            archive.by_index_raw(i).with_context(|| format!("cannot read the archive in {}", path.display()))?;
+        // A name that is not UTF-8 is nothing stove wrote.
+        let name = entry
+            .name()
+            .map(|n| n.into_owned())
+            .unwrap_or_else(|_| String::from_utf8_lossy(entry.name_raw()).into_owned());
+        let known = [MODEL_ENTRY, MANIFEST_ENTRY, SIGNATURE_ENTRY, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY]
+            .contains(&name.as_str())
+            || name.starts_with(ARCHIVE_DIR)
+            || name.starts_with(WEB_PREFIX);
+        if !known {
+            parts.push(Part {
+                name: format!("archive entry {name}"),
+                size: Some(entry.size()),
+                state: State::Unrecorded,
+            });
+        }
+        let start = entry.header_start();
+        let end = entry.data_start().unwrap_or(start) + entry.compressed_size();
+        spans.push((start, end, name));
+    }
+    spans.sort();
+    let gap = |what: String, size: u64| Part { name: what, size: Some(size), state: State::Unrecorded };
+    // Between the launcher and the first entry: the zeros `pack` writes to align the model.
+    let first = spans.first().map_or(archive.central_directory_start(), |(start, _, _)| *start);
+    if first < manifest.engine_len {
+        parts.push(gap("the launcher's end, overlapped by the archive".into(), manifest.engine_len - first));
+    } else if first > manifest.engine_len {
+        file.seek(SeekFrom::Start(manifest.engine_len))?;
+        let mut padding = Vec::new();
+        (&mut file).take(first - manifest.engine_len).read_to_end(&mut padding)?;
+        if padding.iter().any(|&b| b != 0) {
+            parts.push(Part {
+                name: "the padding between the launcher and the archive".into(),
+                size: Some(padding.len() as u64),
+                state: State::Changed,
+            });
+        }
+    }
+    for pair in spans.windows(2) {
+        let ((_, end, name), (next, _, _)) = (&pair[0], &pair[1]);
+        if next != end {
+            parts.push(gap(format!("bytes after the archive entry {name}"), next.abs_diff(*end)));
+        }
+    }
+    if let Some((_, end, name)) = spans.last() {
+        if *end != archive.central_directory_start() {
+            parts.push(gap(
+                format!("bytes after the archive entry {name}"),
+                archive.central_directory_start().abs_diff(*end),
+            ));
+        }
+    }
+    if !archive.comment().is_empty() {
+        parts.push(gap("the archive's comment".into(), archive.comment().len() as u64));
+    }
+    // The end-of-archive record (22 bytes with an empty comment) is the file's last bytes.
+    let mut tail = [0u8; 22];
+    let ends_with_record = file_len >= 22
+        && file.seek(SeekFrom::Start(file_len - 22)).is_ok()
+        && file.read_exact(&mut tail).is_ok()
+        && tail[..4] == *b"PK\x05\x06"
+        && tail[20..22] == [0, 0];
+    if !ends_with_record && archive.comment().is_empty() {
+        parts.push(gap("bytes after the archive's end".into(), 0));
+    }
+    Ok(parts)
 }
 
 /// The engine's files in the archive: the index against the manifest, each file against the index. One part

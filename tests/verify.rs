@@ -1,5 +1,6 @@
 //! Trusting a file: `stove verify` names the damaged part with an exit code scripts can use, `stove keygen`
-//! and `pack --sign` make signed bundles, and `--require-signature` refuses anything else at start.
+//! and `pack --sign` make signed bundles, and `--require-signature` refuses anything else at start; a signed
+//! file accounts for every byte (no added entry, comment, padding change or trailing bytes).
 
 mod common;
 
@@ -171,4 +172,71 @@ fn entry_offset(path: &std::path::Path, name: &str) -> (u64, String) {
     let mut archive = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
     let entry = archive.by_name(name).unwrap();
     (entry.data_start().unwrap(), entry.name().unwrap().into_owned())
+}
+
+#[test]
+fn a_signed_file_carries_no_unsigned_content() {
+    let (secret, public) = keygen("every-byte");
+    let signed = scratch().join("every-byte.stove");
+    pack(&signed, &["--sign", secret.to_str().unwrap(), "--", "--ctx-size", "1024"]);
+    let (code, out) = verify(&signed, Some(&public));
+    assert_eq!(code, 0, "a file as packed accounts for every byte: {out}");
+    let copy = |name: &str| {
+        let path = scratch().join(name);
+        std::fs::copy(&signed, &path).unwrap();
+        path
+    };
+    let append_entry = |path: &Path, comment: Option<&str>, entry: Option<&str>| {
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let mut zip = zip::ZipWriter::new_append(file).unwrap();
+        if let Some(name) = entry {
+            zip.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+            std::io::Write::write_all(&mut zip, b"#!/bin/sh\necho pwned\n").unwrap();
+        }
+        if let Some(comment) = comment {
+            zip.set_comment(comment).unwrap();
+        }
+        zip.finish().unwrap();
+    };
+
+    let extra_entry = copy("extra-entry.stove");
+    append_entry(&extra_entry, None, Some("payload/evil.sh"));
+    let comment = copy("comment.stove");
+    append_entry(&comment, Some("unsigned words"), None);
+    let appended = copy("appended.stove");
+    let mut bytes = std::fs::read(&appended).unwrap();
+    bytes.extend_from_slice(b"trailing bytes");
+    std::fs::write(&appended, bytes).unwrap();
+    let gap = copy("gap.stove");
+    let launcher_len = {
+        let manifest = entry_text(&gap, "stove/manifest.json");
+        let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+        manifest["engine_len"].as_u64().unwrap()
+    };
+    flip_byte(&gap, launcher_len + 16);
+
+    for (path, what) in [
+        (&extra_entry, "archive entry payload/evil.sh"),
+        (&comment, "the archive's comment"),
+        (&appended, "bytes after the archive's end"),
+        (&gap, "the padding between the launcher and the archive"),
+    ] {
+        let (code, out) = verify(path, Some(&public));
+        assert_eq!(code, 1, "{}: {out}", path.display());
+        assert!(out.contains(what), "{}: {out}", path.display());
+        // And the same rule when such a file is started with --require-signature.
+        let output = std::process::Command::new(path)
+            .args(["--require-signature", public.to_str().unwrap(), "--port", "0", "--no-browser"])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{} started", path.display());
+    }
+}
+
+/// The text of one archive entry.
+fn entry_text(path: &Path, name: &str) -> String {
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut archive.by_name(name).unwrap(), &mut text).unwrap();
+    text
 }
