@@ -245,6 +245,12 @@ fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
         case("10,000 messages", &many, 400, "at most 4096"),
         case("thousands of stop strings", &stops, 400, "at most 16 strings"),
         case(
+            "a grammar that does not parse",
+            r#"{"messages": [{"role": "user", "content": "x"}], "grammar": "root ::= dish\ndsh ::= \"soup\""}"#,
+            400,
+            "every rule it uses is defined",
+        ),
+        case(
             "a logit_bias key that is no token id",
             r#"{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"soup": 5}}"#,
             400,

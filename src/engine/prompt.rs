@@ -74,13 +74,26 @@ impl GrammarSpec {
         } else {
             LlamaSampler::grammar(model, &self.text, "root")
         }
-        .map_err(|e| EngineError::Grammar(e.to_string()))?;
+        .map_err(|e| EngineError::Grammar(grammar_error(&e)))?;
         for &token in &self.prefill {
             sampler.try_accept(token).map_err(|e| {
                 EngineError::Template(format!("the tool-call grammar does not accept the template's answer start: {e}"))
             })?;
         }
         Ok(sampler)
+    }
+}
+
+/// What to tell a client whose grammar llama.cpp refused. llama.cpp writes where it failed only to standard
+/// error (stove's terminal) and answers a null sampler, which llama-cpp-2 reports as "Grammar call returned
+/// null"; so the message names what llama.cpp checks.
+fn grammar_error(error: &llama_cpp_2::GrammarError) -> String {
+    match error {
+        llama_cpp_2::GrammarError::NullGrammar => "llama.cpp could not parse it: check that it has a \
+            `root` rule, that every rule it uses is defined, that quotes and brackets are closed and that no rule \
+            starts with itself (left recursion); stove's terminal shows the place llama.cpp stopped at"
+            .into(),
+        other => other.to_string(),
     }
 }
 
