@@ -336,6 +336,19 @@ fn bad_chat_input_is_refused_by_field_and_the_server_keeps_serving() {
     );
     assert_eq!((status, answer["type"].as_str()), (400, Some("error")), "{answer}");
     assert_eq!(answer["error"]["type"], "invalid_request_error", "{answer}");
+    // The guard's refusals are Anthropic-shaped on Anthropic's routes too.
+    let refused = client()
+        .post(format!("{}/v1/messages", server.url))
+        .header("host", "attacker.example")
+        .json(&json!({"max_tokens": 5, "messages": [user]}))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let refused: Value = refused.json().unwrap();
+    assert_eq!(
+        (refused["type"].as_str(), refused["error"]["type"].as_str()),
+        (Some("error"), Some("permission_error"))
+    );
     let (status, _) = server.chat(json!({"messages": [user], "max_tokens": 3}));
     assert_eq!(status, 200, "the server still answers");
 }

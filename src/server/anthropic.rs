@@ -373,6 +373,16 @@ fn error_body(error: &ApiError) -> Value {
     json!({ "type": "error", "error": { "type": kind, "message": error.message } })
 }
 
+/// A refusal from the guard (an OpenAI-shaped error body) in Anthropic's shape, status and headers kept.
+pub fn reshape_refusal(mut response: Response<Body>) -> Response<Body> {
+    let Body::Full(Some(bytes)) = response.body() else { return response };
+    let Ok(body) = serde_json::from_slice::<Value>(bytes) else { return response };
+    let Some(message) = body.pointer("/error/message").and_then(Value::as_str) else { return response };
+    let error = ApiError::new(response.status(), "invalid_request_error", None, message);
+    *response.body_mut() = Body::full(error_body(&error).to_string());
+    response
+}
+
 fn error_response(error: &ApiError) -> Response<Body> {
     let mut response = error.response();
     *response.body_mut() = Body::full(error_body(error).to_string());

@@ -184,6 +184,8 @@ async fn off_socket_threads<T: Send + 'static>(
 async fn route(state: Arc<AppState>, peer: IpAddr, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_string();
     let response = match state.guard.check(peer, request.method(), request.uri(), request.headers()) {
+        // Anthropic's clients read errors in their own shape, refusals included.
+        Err(refused) if path.starts_with("/v1/messages") => anthropic::reshape_refusal(*refused),
         Err(refused) => *refused,
         Ok(pass) => {
             let response = match (request.method(), path.as_str()) {
