@@ -262,8 +262,9 @@ pub enum EngineError {
     PromptTooLong { prompt_tokens: u32, context_size: u32 },
     #[error("the chat template could not be applied: {0}")]
     Template(String),
+    /// Something in the request that cannot be done as asked, said in full.
     #[error("{0}")]
-    BadChat(String),
+    BadRequest(String),
     #[error("the grammar is not valid: {0}")]
     Grammar(String),
     #[error(

@@ -142,7 +142,7 @@ impl Prompter {
                         tool_grammar = one_call(&tool_grammar);
                     }
                     if grammar.is_some() {
-                        return Err(EngineError::BadChat(
+                        return Err(EngineError::BadRequest(
                             "a grammar or `response_format` cannot be combined with tools; leave one out".into(),
                         ));
                     }
@@ -173,7 +173,7 @@ impl Prompter {
         let tokens = self.tokenize_text(&text)?;
         let n_vocab = self.model.n_vocab();
         if let Some(&(token, _)) = request.sampling.logit_bias.iter().find(|(token, _)| *token >= n_vocab) {
-            return Err(EngineError::BadChat(format!(
+            return Err(EngineError::BadRequest(format!(
                 "`logit_bias` names token {token}, but this model's vocabulary has tokens 0 to {}",
                 n_vocab - 1
             )));
@@ -242,7 +242,7 @@ impl Prompter {
             if !told {
                 // The template dropped the tools: the model would answer in prose while the client waits for a
                 // call. Say so instead, as Ollama does for a model without tools.
-                return Err(EngineError::BadChat(
+                return Err(EngineError::BadRequest(
                     "this model's chat template does not show tools to the model, so `tools` cannot be used with \
                      it; leave `tools` out, or start stove with --chat-template-file naming a template that has \
                      them (llama.cpp's models/templates folder holds many)"

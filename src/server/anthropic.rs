@@ -300,6 +300,9 @@ async fn stream_events(
     let mut parts = Parts::default();
     let mut out = Vec::new();
     while let Some(item) = events.recv().await {
+        if chunks.is_closed() {
+            return;
+        }
         let (deltas, finish) = match item {
             Event::Text { text, .. } => (reply.push(&text), None),
             Event::Done(finish) => (reply.finish().1, Some(finish)),

@@ -222,6 +222,11 @@ async fn stream(
     // Log-probabilities of text whose reading has not produced a delta yet (a tool call's start).
     let mut held = Vec::new();
     while let Some(event) = events.recv().await {
+        // A piece that adds nothing yet (part of a tool call's marker) sends nothing, so a client that left is
+        // noticed here too.
+        if chunks.is_closed() {
+            return;
+        }
         let chunk = match event {
             Event::Text { text, logprobs } if reply.is_some() => {
                 held.extend(logprobs);

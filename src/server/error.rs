@@ -52,7 +52,7 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Template(_)
             | EngineError::Grammar(_)
-            | EngineError::BadChat(_)
+            | EngineError::BadRequest(_)
             | EngineError::TooMuchToEmbed { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
             EngineError::LoadFailed(_) | EngineError::Inference(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
