@@ -3,8 +3,9 @@
 # compiler and libclang (llama.cpp and its bindings), glslc, SPIR-V headers and the Vulkan loader (the Vulkan
 # module); with --test also Mesa's software Vulkan device (the GPU test), Chromium (the page's browser test),
 # qemu-user and binutils (the engine test runs the file on an emulated processor without AVX and reads its
-# libraries' needs), and in a virtual environment under ~/.cache/stove/venv the official `openai` and `anthropic`
-# Python clients (the API tests) and the `gguf` package (the template tests write models with other templates).
+# libraries' needs), gdb (the sandbox test probes the running server from inside), and in a virtual environment
+# under ~/.cache/stove/venv the official `openai` and `anthropic` Python clients (the API tests) and the `gguf`
+# package (the template tests write models with other templates).
 # Installs only what is missing; uses sudo when not root.
 set -euo pipefail
 
@@ -25,6 +26,8 @@ if [[ "${1:-}" == --test ]]; then
   python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
   command -v qemu-x86_64 >/dev/null || need+=(qemu-user)
   command -v readelf >/dev/null || need+=(binutils)
+  # The sandbox test attaches to the running server and makes its threads try to open files and sockets.
+  command -v gdb >/dev/null || need+=(gdb)
   # scripts/llama-cpp-tools fetches llama.cpp's sdist (llama-server and published chat templates for the tests).
   command -v curl >/dev/null || need+=(curl)
 fi

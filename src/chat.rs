@@ -18,6 +18,7 @@ pub fn run(source: &ModelSource, run: &RunArgs, args: &ChatArgs) -> Result<()> {
     let mut config = engine_config(source, run)?;
     // One person types here: one conversation, unless asked otherwise.
     config.parallel = config.parallel.or(Some(1));
+    crate::serve::confine(source, run);
     let engine = Engine::start(source, config)?;
     engine.wait_ready()?;
     let request = |messages: Vec<ChatMessage>| Request {

@@ -124,6 +124,10 @@ pub struct RunArgs {
     /// Do not open a browser, even when started without a terminal
     #[arg(long, global = true)]
     pub no_browser: bool,
+    /// Run without the sandbox (on Linux the server otherwise confines itself once it listens: the model and
+    /// system folders read-only, nothing written, no programs, no connections; see SECURITY.md)
+    #[arg(long, global = true)]
+    pub no_sandbox: bool,
     /// Show llama.cpp's own log lines
     #[arg(short, long, global = true)]
     pub verbose: bool,

@@ -105,6 +105,7 @@ fn print_machine(hw: &Hardware) {
     for note in &launch.notes {
         println!("               {note}");
     }
+    println!("  sandbox      {}", crate::sandbox::available());
     let backends = hardware::backends::current();
     let variants: Vec<String> = backends
         .modules

@@ -13,6 +13,7 @@ mod info;
 mod launch;
 mod llama;
 mod pack;
+mod sandbox;
 mod serve;
 mod server;
 mod signing;

@@ -9,6 +9,7 @@ use crate::bundle::{self, Bundle, ModelSource};
 use crate::cli::RunArgs;
 use crate::engine::{Engine, EngineConfig, TemplateOrigin};
 use crate::hardware;
+use crate::sandbox::{self, Confinement};
 use crate::server::{self, AppState, Assets, Guard};
 
 /// The model to run and the default arguments that come with it: `--model`'s, or this executable's own.
@@ -62,15 +63,7 @@ pub fn engine_config(source: &ModelSource, run: &RunArgs) -> Result<EngineConfig
 }
 
 pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
-    hardware::backends::load(run.gpu).map_err(anyhow::Error::msg)?;
-    for line in engine_notes() {
-        eprintln!("{line}");
-    }
-    let engine = Engine::start(source, engine_config(source, run)?)?;
-    let web = match source {
-        ModelSource::Bundle(bundle) => bundle.web.clone(),
-        ModelSource::Gguf(_) => Vec::new(),
-    };
+    // Every refusal first, before anything slow starts.
     let api_key = run.api_key()?;
     if !run.host.is_loopback() && api_key.is_none() {
         anyhow::bail!(
@@ -79,21 +72,35 @@ pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
             run.host
         );
     }
+    let config = engine_config(source, run)?;
+    hardware::backends::load(run.gpu).map_err(anyhow::Error::msg)?;
+    for line in engine_notes() {
+        eprintln!("{line}");
+    }
+    let listener = server::bind(run.host, run.port)?;
+    let url = server::display_url(listener.local_addr()?);
+    // The browser is a program of its own: started before the sandbox refuses new programs.
+    if should_open_browser(run) {
+        if let Err(e) = webbrowser::open(&url) {
+            eprintln!("could not open a browser ({e}); open {url} yourself");
+        }
+    }
+    // Listening, and no thread of ours started yet: from here on nothing can open what it does not need.
+    let sandbox = confine(source, run);
+    let engine = Engine::start(source, config)?;
+    let web = match source {
+        ModelSource::Bundle(bundle) => bundle.web.clone(),
+        ModelSource::Gguf(_) => Vec::new(),
+    };
     let guard = Guard::new(api_key.as_deref(), &run.allow_host, &run.cors_origin).trusting(&run.trusted_proxy);
-    let state = Arc::new(AppState::new(engine.clone(), Assets::new(&web), run.sampling(), guard));
+    let state = Arc::new(AppState::new(engine.clone(), Assets::new(&web), run.sampling(), guard, sandbox));
+    println!("stove: chat with {} at {url}", engine.info().name);
+    if !run.host.is_loopback() {
+        eprintln!("listening on {}: other machines can use this model with the API key", run.host);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let listener = server::bind(run.host, run.port).await?;
-        let url = server::display_url(listener.local_addr()?);
-        println!("stove: chat with {} at {url}", engine.info().name);
-        if !run.host.is_loopback() {
-            eprintln!("listening on {}: other machines can use this model with the API key", run.host);
-        }
-        if should_open_browser(run) {
-            if let Err(e) = webbrowser::open(&url) {
-                eprintln!("could not open a browser ({e}); open {url} yourself");
-            }
-        }
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         std::thread::spawn(move || match engine.wait_ready() {
             Ok(runtime) => {
                 eprintln!(
@@ -115,6 +122,19 @@ pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
         });
         server::serve(listener, state).await
     })
+}
+
+/// Enters the sandbox (`sandbox.rs`) unless `--no-sandbox`: the model's file stays readable. Call it on the main
+/// thread before the engine starts. A layer this kernel lacks is one line on stderr.
+pub fn confine(source: &ModelSource, run: &RunArgs) -> Confinement {
+    if run.no_sandbox {
+        return Confinement::off("--no-sandbox");
+    }
+    let confinement = sandbox::enter(&[source.span().path.as_path()]);
+    for note in &confinement.notes {
+        eprintln!("sandbox: {note}");
+    }
+    confinement
 }
 
 /// What the person should know about how the engine started: why its files are not in memory, and why a GPU

@@ -82,6 +82,7 @@ pub fn info(state: &AppState) -> Response<Body> {
                 "min_p": decimal(state.sampling.min_p),
                 "seed": state.sampling.seed,
             },
+            "sandbox": state.sandbox.report(),
             "stove_version": env!("CARGO_PKG_VERSION"),
             "stove_commit": env!("STOVE_COMMIT"),
         }),

@@ -34,6 +34,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::engine::{Engine, SamplingParams};
+use crate::sandbox::Confinement;
 use api::HttpCounters;
 pub use assets::Assets;
 use body::Body;
@@ -60,10 +61,12 @@ pub struct AppState {
     /// The open connections (`connections.rs`).
     pub connections: Arc<Connections>,
     pub started: std::time::Instant,
+    /// What confines this process (`sandbox.rs`), for `/stove/info`.
+    pub sandbox: Confinement,
 }
 
 impl AppState {
-    pub fn new(engine: Engine, assets: Assets, sampling: SamplingParams, guard: Guard) -> Self {
+    pub fn new(engine: Engine, assets: Assets, sampling: SamplingParams, guard: Guard, sandbox: Confinement) -> Self {
         AppState {
             engine,
             assets,
@@ -72,18 +75,26 @@ impl AppState {
             http: HttpCounters::default(),
             connections: Arc::new(Connections::default()),
             started: std::time::Instant::now(),
+            sandbox,
         }
     }
 }
 
-/// Binds `host:port`, or the next free port after it.
-pub async fn bind(host: IpAddr, port: u16) -> Result<TcpListener> {
+/// Binds `host:port`, or the next free port after it. Synchronous, so the socket exists before the sandbox
+/// and before any runtime thread.
+pub fn bind(host: IpAddr, port: u16) -> Result<std::net::TcpListener> {
+    let listen = |port: u16| -> std::io::Result<std::net::TcpListener> {
+        let listener = std::net::TcpListener::bind((host, port))?;
+        // tokio takes it over later and needs it non-blocking.
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    };
     if port == 0 {
-        return TcpListener::bind((host, 0)).await.with_context(|| format!("while listening on {host}"));
+        return listen(0).with_context(|| format!("while listening on {host}"));
     }
     let mut last_error = None;
     for candidate in port..=port.saturating_add(PORT_TRIES) {
-        match TcpListener::bind((host, candidate)).await {
+        match listen(candidate) {
             Ok(listener) => {
                 if candidate != port {
                     eprintln!("port {port} is in use; using {candidate} instead");

@@ -193,6 +193,7 @@ function showModel() {
     ],
     ["GPU", gpu],
     ["Loaded in", `${formatNumber(r.load_seconds, 1)} s${r.mmap ? ", mapped from the file" : ""}`],
+    ["Sandbox", state.info.sandbox ? state.info.sandbox.summary : "unknown"],
     ["stove", `${state.info.stove_version} (${state.info.stove_commit})`],
   ];
   $("model-facts").replaceChildren(
