@@ -6,19 +6,19 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use anyhow::{bail, Result};
 
 use crate::bundle::ModelSource;
-use crate::cli::{ChatArgs, RunArgs};
+use crate::cli::ChatArgs;
 use crate::engine::{ChatMessage, ChatPrompt, Engine, Event, Finish, Prompt, Reasoning, Request};
-use crate::serve::engine_config;
+use crate::settings::Settings;
 
-pub fn run(source: &ModelSource, run: &RunArgs, args: &ChatArgs) -> Result<()> {
-    crate::hardware::backends::load(run.gpu).map_err(anyhow::Error::msg)?;
+pub fn run(source: &ModelSource, settings: &Settings, args: &ChatArgs) -> Result<()> {
+    crate::hardware::backends::load(settings.gpu).map_err(anyhow::Error::msg)?;
     for line in crate::serve::engine_notes() {
         eprintln!("{line}");
     }
-    let mut config = engine_config(source, run)?;
+    let mut config = settings.engine.clone();
     // One person types here: one conversation, unless asked otherwise.
     config.parallel = config.parallel.or(Some(1));
-    crate::serve::confine(source, run);
+    crate::serve::confine(source, settings);
     let engine = Engine::start(source, config)?;
     engine.wait_ready()?;
     let request = |messages: Vec<ChatMessage>| Request {
@@ -29,7 +29,7 @@ pub fn run(source: &ModelSource, run: &RunArgs, args: &ChatArgs) -> Result<()> {
                 reasoning: Reasoning { format: "none".into(), enabled: None },
                 ..ChatPrompt::from_messages(&messages)
             }),
-            run.sampling(),
+            settings.sampling.clone(),
         )
     };
 

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::engine::SamplingParams;
 pub use crate::hardware::backends::GpuChoice;
 
 #[derive(Debug, Parser)]
@@ -225,43 +224,6 @@ pub fn check_default_args(args: &[String]) -> Result<(), String> {
         return Err("default arguments cannot set --model; the bundle's model is the one packed".into());
     }
     Ok(())
-}
-
-impl RunArgs {
-    pub fn sampling(&self) -> SamplingParams {
-        SamplingParams {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            seed: self.seed,
-            logit_bias: Vec::new(),
-        }
-    }
-
-    /// The API key from `--api-key`, `STOVE_API_KEY` or `--api-key-file`.
-    pub fn api_key(&self) -> anyhow::Result<Option<String>> {
-        use anyhow::Context;
-        let key = match (&self.api_key, &self.api_key_file) {
-            (Some(key), _) => key.trim().to_string(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the API key file {}", path.display()))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-            (None, None) => return Ok(None),
-        };
-        if key.is_empty() {
-            anyhow::bail!("the API key is empty; give a non-empty --api-key or a file whose first line is the key");
-        }
-        Ok(Some(key))
-    }
-
-    pub fn threads(&self) -> usize {
-        self.threads.filter(|&t| t > 0).unwrap_or_else(crate::hardware::default_threads)
-    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ pub fn run(args: &InfoArgs, gpu: crate::cli::GpuChoice, template_file: Option<&P
     hardware::backends::load(gpu).map_err(anyhow::Error::msg)?;
     let path = match &args.file {
         Some(path) => path.clone(),
-        None => std::env::current_exe().context("while finding this executable")?,
+        None => crate::this_file()?,
     };
     let model = print_model(&path, template_file)?;
     println!();

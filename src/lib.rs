@@ -16,6 +16,7 @@ mod pack;
 mod sandbox;
 mod serve;
 mod server;
+mod settings;
 mod signing;
 mod verify;
 
@@ -30,6 +31,16 @@ static LAUNCH: OnceLock<launch::Launch> = OnceLock::new();
 /// (Unit tests run without a launcher and see an empty one.)
 pub(crate) fn launch() -> &'static launch::Launch {
     LAUNCH.get_or_init(launch::Launch::default)
+}
+
+/// The stove file this process was started from, as the launcher found it (unit tests, which have no launcher:
+/// the test program).
+pub(crate) fn this_file() -> anyhow::Result<std::path::PathBuf> {
+    let exe = &launch().exe;
+    if !exe.as_os_str().is_empty() {
+        return Ok(exe.clone());
+    }
+    anyhow::Context::context(std::env::current_exe(), "while finding this executable")
 }
 
 /// Called by the launcher with a JSON [`launch::Launch`]; returns the process's exit code.
@@ -73,9 +84,11 @@ fn usage_error(error: clap::Error) -> ! {
 fn main() -> u8 {
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = Cli::parse_with_defaults(&[], &args).unwrap_or_else(|e| usage_error(e));
-    engine::set_logging(cli.run.verbose);
     if matches!(cli.command, Some(Command::Info(_) | Command::Verify(_) | Command::Keygen(_))) {
         quit_quietly_on_closed_pipe();
+    }
+    if matches!(cli.command, Some(Command::Pack(_) | Command::Info(_) | Command::Verify(_) | Command::Keygen(_))) {
+        engine::set_logging(cli.run.verbose);
     }
     let result = match cli.command {
         Some(Command::Pack(ref pack_args)) => pack::run(pack_args, &cli.run),
@@ -88,10 +101,13 @@ fn main() -> u8 {
         _ => serve::model_source(&cli.run).and_then(|(source, defaults)| {
             // A bundle's default arguments go before the user's, so the user's win.
             let cli = Cli::parse_with_defaults(&defaults, &args).unwrap_or_else(|e| usage_error(e));
+            let settings = settings::Settings::new(&cli.run, &source)?;
+            // Now, not before: a bundle's default arguments may ask for llama.cpp's log.
+            engine::set_logging(settings.verbose);
             verify::before_start(&source, &cli.run)?;
             match cli.command {
-                Some(Command::Chat(chat_args)) => chat::run(&source, &cli.run, &chat_args),
-                _ => serve::run(&source, &cli.run),
+                Some(Command::Chat(chat_args)) => chat::run(&source, &settings, &chat_args),
+                _ => serve::run(&source, &settings),
             }
         }),
     };

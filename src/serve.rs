@@ -3,21 +3,22 @@
 use std::io::IsTerminal;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::bundle::{self, Bundle, ModelSource};
 use crate::cli::RunArgs;
-use crate::engine::{Engine, EngineConfig, TemplateOrigin};
+use crate::engine::Engine;
 use crate::hardware;
 use crate::sandbox::{self, Confinement};
 use crate::server::{self, AppState, Assets, Guard};
+use crate::settings::Settings;
 
 /// The model to run and the default arguments that come with it: `--model`'s, or this executable's own.
 pub fn model_source(run: &RunArgs) -> Result<(ModelSource, Vec<String>)> {
     let source = match &run.model {
         Some(path) => bundle::open_model(path)?,
         None => {
-            let exe = std::env::current_exe().context("while finding this executable")?;
+            let exe = crate::this_file()?;
             match Bundle::find(&exe)? {
                 Some(bundle) => ModelSource::Bundle(Box::new(bundle)),
                 None => anyhow::bail!(
@@ -35,68 +36,32 @@ pub fn model_source(run: &RunArgs) -> Result<(ModelSource, Vec<String>)> {
     Ok((source, defaults))
 }
 
-pub fn engine_config(source: &ModelSource, run: &RunArgs) -> Result<EngineConfig> {
-    // The command line's template, else the bundle's, else (None) the model's own.
-    let chat_template = match (&run.chat_template_file, source) {
-        (Some(path), _) => {
-            let source = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the chat template {}", path.display()))?;
-            if source.trim().is_empty() {
-                anyhow::bail!("the chat template {} is empty; give a Jinja chat template", path.display());
-            }
-            Some((source, TemplateOrigin::File))
-        }
-        (None, ModelSource::Bundle(bundle)) => bundle.chat_template.clone().map(|t| (t, TemplateOrigin::Bundle)),
-        (None, ModelSource::Gguf(_)) => None,
-    };
-    Ok(EngineConfig {
-        ctx_size: run.ctx_size,
-        parallel: run.parallel,
-        max_queue: run.max_queue,
-        threads: run.threads(),
-        batch_size: run.batch_size,
-        gpu_layers: run.gpu_layers,
-        use_mmap: !run.no_mmap,
-        system_prompt: run.system_prompt.clone(),
-        chat_template,
-    })
-}
-
-pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
-    // Every refusal first, before anything slow starts.
-    let api_key = run.api_key()?;
-    if !run.host.is_loopback() && api_key.is_none() {
-        anyhow::bail!(
-            "refusing to listen on {} without an API key: anyone on the network could use this model. \
-             Add --api-key KEY (or --api-key-file FILE, or set STOVE_API_KEY), or listen on 127.0.0.1",
-            run.host
-        );
-    }
-    let config = engine_config(source, run)?;
-    hardware::backends::load(run.gpu).map_err(anyhow::Error::msg)?;
+pub fn run(source: &ModelSource, settings: &Settings) -> Result<()> {
+    hardware::backends::load(settings.gpu).map_err(anyhow::Error::msg)?;
     for line in engine_notes() {
         eprintln!("{line}");
     }
-    let listener = server::bind(run.host, run.port)?;
+    let listener = server::bind(settings.host, settings.port)?;
     let url = server::display_url(listener.local_addr()?);
     // The browser is a program of its own: started before the sandbox refuses new programs.
-    if should_open_browser(run) {
+    if should_open_browser(settings) {
         if let Err(e) = webbrowser::open(&url) {
             eprintln!("could not open a browser ({e}); open {url} yourself");
         }
     }
     // Listening, and no thread of ours started yet: from here on nothing can open what it does not need.
-    let sandbox = confine(source, run);
-    let engine = Engine::start(source, config)?;
+    let sandbox = confine(source, settings);
+    let engine = Engine::start(source, settings.engine.clone())?;
     let web = match source {
         ModelSource::Bundle(bundle) => bundle.web.clone(),
         ModelSource::Gguf(_) => Vec::new(),
     };
-    let guard = Guard::new(api_key.as_deref(), &run.allow_host, &run.cors_origin).trusting(&run.trusted_proxy);
-    let state = Arc::new(AppState::new(engine.clone(), Assets::new(&web), run.sampling(), guard, sandbox));
+    let guard = Guard::new(settings.api_key.as_deref(), &settings.allow_host, &settings.cors_origin)
+        .trusting(&settings.trusted_proxy);
+    let state = Arc::new(AppState::new(engine.clone(), Assets::new(&web), settings.sampling.clone(), guard, sandbox));
     println!("stove: chat with {} at {url}", engine.info().name);
-    if !run.host.is_loopback() {
-        eprintln!("listening on {}: other machines can use this model with the API key", run.host);
+    if !settings.host.is_loopback() {
+        eprintln!("listening on {}: other machines can use this model with the API key", settings.host);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -126,8 +91,8 @@ pub fn run(source: &ModelSource, run: &RunArgs) -> Result<()> {
 
 /// Enters the sandbox (`sandbox.rs`) unless `--no-sandbox`: the model's file stays readable. Call it on the main
 /// thread before the engine starts. A layer this kernel lacks is one line on stderr.
-pub fn confine(source: &ModelSource, run: &RunArgs) -> Confinement {
-    if run.no_sandbox {
+pub fn confine(source: &ModelSource, settings: &Settings) -> Confinement {
+    if !settings.sandbox {
         return Confinement::off("--no-sandbox");
     }
     let confinement = sandbox::enter(&[source.span().path.as_path()]);
@@ -149,9 +114,9 @@ pub fn engine_notes() -> Vec<String> {
 
 /// `--browser`/`--no-browser` decide; otherwise a browser opens when stove was started with no arguments and
 /// no terminal, as by a double-click in a file manager.
-fn should_open_browser(run: &RunArgs) -> bool {
-    if run.browser || run.no_browser {
-        return run.browser;
+fn should_open_browser(settings: &Settings) -> bool {
+    if let Some(choice) = settings.browser {
+        return choice;
     }
     std::env::args_os().len() == 1 && !std::io::stdin().is_terminal() && !std::io::stdout().is_terminal()
 }

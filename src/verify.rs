@@ -279,7 +279,7 @@ fn check_engine_files(path: &Path, recorded_index: Option<&str>) -> Result<Vec<P
 pub fn run(args: &VerifyArgs) -> Result<u8> {
     let path = match &args.file {
         Some(path) => path.clone(),
-        None => std::env::current_exe().context("while finding this executable")?,
+        None => crate::this_file()?,
     };
     let key = args.key.as_deref().map(signing::load_verifying_key).transpose()?;
     let bundle = match Bundle::find(&path) {

@@ -3,7 +3,7 @@
 //! Origin, limits).
 //!
 //! Checks: 8 concurrent streams all end with [DONE] and give the same answers as one at a time; a client that
-//! leaves frees its slot and decoding stops; past the queue the answer is 503 with Retry-After; a follow-up
+//! leaves frees its slot and decoding stops, also in the middle of reading a long prompt; past the queue the answer is 503 with Retry-After; a follow-up
 //! turn reuses the cached prompt; a conversation that fills its context ends with "length"; JSON-schema
 //! output parses; embeddings are unit vectors, nearer for nearer texts, share the engine with chats, stop when
 //! their client leaves and have a per-request budget; every bad input in a table gets its 4xx with a useful message and the server keeps serving;
@@ -81,6 +81,27 @@ fn eight_concurrent_streams_get_the_answers_they_would_get_alone() {
     assert!(metric(&server, "stove_requests_finished_total") >= 16.0);
     // Batching happened: some decode calls carried several conversations' tokens.
     assert!(metric(&server, "stove_decode_tokens_total") > metric(&server, "stove_decode_calls_total"));
+}
+
+#[test]
+fn a_client_that_leaves_during_a_long_prompt_frees_its_slot_before_the_first_token() {
+    // Small steps, so that the prompt takes many of them.
+    let server = Server::start(bundle(), &["--parallel", "1", "--batch-size", "32"]);
+    let text = "The stove is warm and the kitchen smells of fresh bread. ".repeat(60);
+    let tokenized: Value = post(&server, "/tokenize", &json!({ "content": text })).json().unwrap();
+    let tokens = tokenized["tokens"].as_array().unwrap().len() as f64;
+    assert!(tokens > 600.0, "{tokens}");
+    let mut body = ask(&text, 8);
+    body["stream"] = json!(true);
+    let response = post(&server, "/v1/chat/completions", &body);
+    // The role chunk comes at once; the first token only after the whole prompt.
+    let mut lines = BufReader::new(response).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("data: "));
+    drop(lines);
+    wait_until("the request is cancelled", || metric(&server, "stove_requests_cancelled_total") == 1.0);
+    wait_until("no slot is busy", || metric(&server, "stove_slots_busy") == 0.0);
+    let decoded = metric(&server, "stove_decode_tokens_total");
+    assert!(decoded < tokens / 2.0, "{decoded} of the prompt's {tokens} tokens were read after the client left");
 }
 
 #[test]

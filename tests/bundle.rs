@@ -197,6 +197,18 @@ fn a_bare_engine_serves_a_plain_gguf_or_another_bundle() {
 }
 
 #[test]
+fn a_bundles_default_verbose_shows_llama_cpp_log() {
+    // Its default arguments are merged before logging is set, so `--verbose` among them counts.
+    let verbose = scratch().join("verbose.stove");
+    pack(&verbose, &["--", "--verbose"]);
+    for (source, expected) in [(verbose.as_path(), true), (bundle(), false)] {
+        let output = run(&["chat", "-m", source.to_str().unwrap(), "-p", "Hi", "--max-tokens", "1"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert_eq!(stderr(&output).contains("llama_model_loader"), expected, "{}", stderr(&output));
+    }
+}
+
+#[test]
 fn an_interrupted_pack_leaves_nothing_behind() {
     let dir = scratch().join("interrupted");
     fs::create_dir_all(&dir).unwrap();

@@ -49,8 +49,9 @@ pub struct EngineConfig {
     pub ctx_size: Option<u32>,
     /// Conversations decoded together; `None` picks what the memory allows, up to 4.
     pub parallel: Option<u32>,
-    /// Requests that may wait for a free slot.
+    /// Requests that may wait for a free slot (at least 1).
     pub max_queue: usize,
+    /// CPU threads, resolved and at least 1 (`settings.rs`).
     pub threads: usize,
     pub batch_size: u32,
     /// `--gpu-layers`; `None` plans from the GPUs' free memory.
@@ -352,7 +353,8 @@ impl Engine {
             file: span.path.clone(),
             size: span.len,
         };
-        let max_queue = config.max_queue.max(1);
+        // At least 1: the flag's range (cli.rs) is the one check.
+        let max_queue = config.max_queue;
         let system_prompt = config.system_prompt.clone();
         let (jobs, queue) = sync_channel::<Work>(max_queue);
         let status =

@@ -78,7 +78,7 @@ impl Worker {
         let model = Arc::new(model);
         self.status.set(LoadState::Loading { permille: 950 });
 
-        let threads = i32::try_from(config.threads.max(1)).unwrap_or(i32::MAX);
+        let threads = i32::try_from(config.threads).unwrap_or(i32::MAX);
         // Every busy slot puts one token in each step's batch, so the batch holds at least one per slot.
         let batch_size = config.batch_size.max(parallel);
         let params = LlamaContextParams::default()

@@ -11,7 +11,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::body::Body;
+use super::body::{next_event, Body};
 use super::completions::unique_id;
 use super::error::{json_response, ApiError};
 use super::reply::{Delta, Parts, Reply};
@@ -299,10 +299,7 @@ async fn stream_events(
     let stop = |index: usize| event("content_block_stop", json!({ "type": "content_block_stop", "index": index }));
     let mut parts = Parts::default();
     let mut out = Vec::new();
-    while let Some(item) = events.recv().await {
-        if chunks.is_closed() {
-            return;
-        }
+    while let Some(item) = next_event(&mut events, &chunks).await {
         let (deltas, finish) = match item {
             Event::Text { text, .. } => (reply.push(&text), None),
             Event::Done(finish) => (reply.finish().1, Some(finish)),

@@ -1,7 +1,7 @@
 //! The response body type: a whole buffer, or chunks from a channel (server-sent events).
 //!
 //! When the client goes away hyper drops the body, which drops the channel's receiver; the task feeding it
-//! then sees its sends fail and stops the generation.
+//! then stops the generation: at once while it waits for the engine ([`next_event`]), or at its next send.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -9,6 +9,16 @@ use std::task::{Context, Poll};
 
 use hyper::body::{Bytes, Frame, SizeHint};
 use tokio::sync::mpsc;
+
+/// The engine's next event for a stream, or `None` when the engine is done or the client has gone. Waiting on
+/// both matters during a long prompt: no event comes until its first token, and a client that left meanwhile
+/// must free its slot now (the caller returns and drops `events`), not after the whole prompt is read.
+pub async fn next_event<E>(events: &mut mpsc::UnboundedReceiver<E>, chunks: &mpsc::Sender<Bytes>) -> Option<E> {
+    tokio::select! {
+        event = events.recv() => event,
+        () = chunks.closed() => None,
+    }
+}
 
 pub enum Body {
     Full(Option<Bytes>),

@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::body::Body;
+use super::body::{next_event, Body};
 use super::error::{json_response, ApiError};
 use super::reply::{Delta, Reply};
 use super::request::{check_model, parse_chat, parse_completion, read_body, Kind};
@@ -221,12 +221,9 @@ async fn stream(
     }
     // Log-probabilities of text whose reading has not produced a delta yet (a tool call's start).
     let mut held = Vec::new();
-    while let Some(event) = events.recv().await {
-        // A piece that adds nothing yet (part of a tool call's marker) sends nothing, so a client that left is
-        // noticed here too.
-        if chunks.is_closed() {
-            return;
-        }
+    // A piece that adds nothing yet (part of a tool call's marker) sends nothing; `next_event` notices a client
+    // that left all the same.
+    while let Some(event) = next_event(&mut events, &chunks).await {
         let chunk = match event {
             Event::Text { text, logprobs } if reply.is_some() => {
                 held.extend(logprobs);

@@ -1,0 +1,114 @@
+//! The settings of a run (`serve` and `chat`): built once from the parsed flags after a bundle's default
+//! arguments are merged in, checked here and nowhere else, and handed to the command. Everything that can refuse
+//! a start (an API key that is missing or empty, a chat template that cannot be read) refuses here, before the
+//! backends load or the model is read. (The shape follows miniserve: arguments → validated configuration.)
+
+use std::net::IpAddr;
+
+use anyhow::{bail, Context, Result};
+
+use crate::bundle::ModelSource;
+use crate::cli::{GpuChoice, RunArgs};
+use crate::engine::{EngineConfig, SamplingParams, TemplateOrigin};
+
+/// A checked run configuration. Fields are final values: defaults resolved, files read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: IpAddr,
+    pub port: u16,
+    /// The API key every API route requires, from `--api-key`, `STOVE_API_KEY` or `--api-key-file`.
+    pub api_key: Option<String>,
+    pub allow_host: Vec<String>,
+    pub cors_origin: Vec<String>,
+    pub trusted_proxy: Vec<IpAddr>,
+    pub gpu: GpuChoice,
+    pub engine: EngineConfig,
+    /// What a request that sets nothing samples with.
+    pub sampling: SamplingParams,
+    /// Confine the process once listening (`sandbox.rs`); false with `--no-sandbox`.
+    pub sandbox: bool,
+    /// `--browser`, `--no-browser`, or neither (then: open one when double-clicked).
+    pub browser: Option<bool>,
+    pub verbose: bool,
+}
+
+impl Settings {
+    /// Checks `run` for serving or chatting with `source`'s model.
+    pub fn new(run: &RunArgs, source: &ModelSource) -> Result<Settings> {
+        let api_key = api_key(run)?;
+        if !run.host.is_loopback() && api_key.is_none() {
+            bail!(
+                "refusing to listen on {} without an API key: anyone on the network could use this model. \
+                 Add --api-key KEY (or --api-key-file FILE, or set STOVE_API_KEY), or listen on 127.0.0.1",
+                run.host
+            );
+        }
+        Ok(Settings {
+            host: run.host,
+            port: run.port,
+            api_key,
+            allow_host: run.allow_host.clone(),
+            cors_origin: run.cors_origin.clone(),
+            trusted_proxy: run.trusted_proxy.clone(),
+            gpu: run.gpu,
+            engine: EngineConfig {
+                ctx_size: run.ctx_size,
+                parallel: run.parallel,
+                max_queue: run.max_queue,
+                // 0 (or nothing): the physical cores.
+                threads: run.threads.filter(|&t| t > 0).unwrap_or_else(crate::hardware::default_threads),
+                batch_size: run.batch_size,
+                gpu_layers: run.gpu_layers,
+                use_mmap: !run.no_mmap,
+                system_prompt: run.system_prompt.clone(),
+                chat_template: chat_template(run, source)?,
+            },
+            sampling: SamplingParams {
+                temperature: run.temperature,
+                top_k: run.top_k,
+                top_p: run.top_p,
+                min_p: run.min_p,
+                seed: run.seed,
+                logit_bias: Vec::new(),
+            },
+            sandbox: !run.no_sandbox,
+            browser: (run.browser || run.no_browser).then_some(run.browser),
+            verbose: run.verbose,
+        })
+    }
+}
+
+/// The API key from `--api-key`, `STOVE_API_KEY` or `--api-key-file`.
+fn api_key(run: &RunArgs) -> Result<Option<String>> {
+    let key = match (&run.api_key, &run.api_key_file) {
+        (Some(key), _) => key.trim().to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the API key file {}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    if key.is_empty() {
+        bail!("the API key is empty; give a non-empty --api-key or a file whose first line is the key");
+    }
+    Ok(Some(key))
+}
+
+/// The command line's template, else the bundle's, else (None) the model's own.
+fn chat_template(run: &RunArgs, source: &ModelSource) -> Result<Option<(String, TemplateOrigin)>> {
+    Ok(match (&run.chat_template_file, source) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the chat template {}", path.display()))?;
+            if text.trim().is_empty() {
+                bail!("the chat template {} is empty; give a Jinja chat template", path.display());
+            }
+            Some((text, TemplateOrigin::File))
+        }
+        (None, ModelSource::Bundle(bundle)) => bundle.chat_template.clone().map(|t| (t, TemplateOrigin::Bundle)),
+        (None, ModelSource::Gguf(_)) => None,
+    })
+}
