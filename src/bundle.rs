@@ -19,6 +19,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use zip::CompressionMethod;
@@ -92,14 +93,29 @@ pub struct ModelSpan {
     pub path: PathBuf,
     pub offset: u64,
     pub len: u64,
+    /// The header, read once: opening the model checks it, and the engine, `info` and `pack` use it.
+    header: OnceLock<Box<GgufInfo>>,
 }
 
 impl ModelSpan {
-    /// Reads the GGUF header inside this span.
+    pub fn new(path: PathBuf, offset: u64, len: u64) -> Self {
+        ModelSpan { path, offset, len, header: OnceLock::new() }
+    }
+
+    /// The same bytes, found at another path (a bundle renamed into place).
+    pub fn moved_to(&self, path: PathBuf) -> Self {
+        ModelSpan { path, ..self.clone() }
+    }
+
+    /// The GGUF header inside this span, read on first use.
     pub fn read_info(&self) -> Result<GgufInfo, BundleError> {
+        if let Some(header) = self.header.get() {
+            return Ok(GgufInfo::clone(header));
+        }
         let file = open(&self.path)?;
-        gguf::read_info(file, self.offset, self.len)
-            .map_err(|source| BundleError::BadModel { path: self.path.clone(), source })
+        let header = gguf::read_info(file, self.offset, self.len)
+            .map_err(|source| BundleError::BadModel { path: self.path.clone(), source })?;
+        Ok(GgufInfo::clone(self.header.get_or_init(|| Box::new(header))))
     }
 }
 
@@ -174,7 +190,7 @@ pub fn open_model(path: &Path) -> Result<ModelSource, BundleError> {
     let mut magic = [0u8; 4];
     let n = file.read(&mut magic).map_err(io_err(path))?;
     if n == 4 && &magic == b"GGUF" {
-        let span = ModelSpan { path: path.to_path_buf(), offset: 0, len };
+        let span = ModelSpan::new(path.to_path_buf(), 0, len);
         span.read_info()?;
         return Ok(ModelSource::Gguf(span));
     }
@@ -269,7 +285,7 @@ impl Bundle {
             web_bytes += data.len() as u64;
             web.push((name[WEB_PREFIX.len()..].to_string(), data));
         }
-        let model = ModelSpan { path: path.to_path_buf(), offset: model_offset, len: model_len };
+        let model = ModelSpan::new(path.to_path_buf(), model_offset, model_len);
         Ok(Some(Bundle { manifest, model, default_args, web, manifest_bytes, args_bytes, chat_template, signature }))
     }
 }

@@ -492,6 +492,7 @@ pub fn set_logging(verbose: bool) {
 
 /// Starts llama.cpp once per process, after choosing its backends.
 fn init_backend() -> Result<LlamaBackend, String> {
+    // `load` must have registered the chosen backends before llama.cpp starts (this says so if not).
     crate::hardware::backends::current();
     LlamaBackend::init().map_err(|e| format!("cannot start llama.cpp: {e}"))
 }

@@ -68,7 +68,7 @@ impl GrammarSpec {
     }
 
     /// The llama.cpp sampler; an error names what did not parse.
-    pub fn sampler(&self, model: &LlamaModel) -> Result<LlamaSampler, EngineError> {
+    fn sampler(&self, model: &LlamaModel) -> Result<LlamaSampler, EngineError> {
         let mut sampler = if self.lazy {
             LlamaSampler::grammar_lazy_patterns(model, &self.text, "root", &self.trigger_patterns, &self.trigger_tokens)
         } else {
@@ -98,10 +98,10 @@ fn grammar_error(error: &llama_cpp_2::GrammarError) -> String {
 }
 
 /// A request made ready for a slot.
-#[derive(Debug, Clone)]
 pub struct Prepared {
     pub tokens: Vec<LlamaToken>,
-    pub grammar: Option<GrammarSpec>,
+    /// The grammar, parsed once here (a bad one is a 400 before any work) and handed to the slot as it is.
+    pub grammar: Option<LlamaSampler>,
     /// The request's stop strings and the template's.
     pub stops: Vec<String>,
     /// Special tokens whose text belongs in the answer (a tool call's `<tool_call>`), for the parser to see.
@@ -178,10 +178,7 @@ impl Prompter {
                 n_vocab - 1
             )));
         }
-        if let Some(grammar) = &grammar {
-            // Parsed once here, so that a bad grammar is a 400 and not a failure in the middle of a batch.
-            grammar.sampler(&self.model)?;
-        }
+        let grammar = grammar.map(|grammar| grammar.sampler(&self.model)).transpose()?;
         Ok((Prepared { tokens, grammar, stops, keep_special, template_ms }, reader))
     }
 

@@ -92,16 +92,7 @@ impl Slot {
         }
         self.cached.truncate(keep);
 
-        let sampler = match &grammar {
-            None => request.sampling.sampler(model.n_vocab(), None),
-            Some(grammar) => match grammar.sampler(model) {
-                Ok(grammar) => request.sampling.sampler(model.n_vocab(), Some(grammar)),
-                Err(error) => {
-                    let _ = events.send(Event::Failed(error));
-                    return;
-                }
-            },
-        };
+        let sampler = request.sampling.sampler(model.n_vocab(), grammar);
         let prompt_tokens = tokens.len() as u32;
         let room = context_size - prompt_tokens;
         self.generation = Some(Generation {

@@ -88,10 +88,11 @@ pub fn load(gpu: GpuChoice) -> Result<&'static Backends, String> {
     }
 }
 
-/// The backends loaded at start (by `load` with the person's `--gpu`), or, if nothing loaded them yet,
-/// loaded now with `--gpu auto`.
+/// The backends `load` chose at start with the person's `--gpu`. Every command that reaches llama.cpp
+/// (`serve`, `chat`, `info`) calls `load` first; reaching here before it is a bug in stove, named as such
+/// rather than quietly loading with `--gpu auto`.
 pub fn current() -> &'static Backends {
-    LOADED.get_or_init(|| load_with(GpuChoice::Auto))
+    LOADED.get().expect("hardware::backends::load runs before anything asks llama.cpp for its devices")
 }
 
 fn load_with(gpu: GpuChoice) -> Backends {

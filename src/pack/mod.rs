@@ -234,7 +234,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     set_executable(temp.as_file())?;
     let size = temp.as_file().metadata()?.len();
     temp.persist(&options.out).with_context(|| format!("while moving the packed file to {}", options.out.display()))?;
-    let bundle = Bundle { model: bundle::ModelSpan { path: options.out.clone(), ..bundle.model }, ..bundle };
+    let bundle = Bundle { model: bundle.model.moved_to(options.out.clone()), ..bundle };
     Ok(Packed { bundle, size })
 }
 
