@@ -1,0 +1,96 @@
+// The connection to stove: waiting for the model (with load progress), what the model panel shows about it,
+// and noticing a stopped stove and reconnecting.
+
+import * as api from "./api.js";
+import { $, el, state } from "./page.js";
+import { make, setStatus, toast, formatNumber } from "./ui.js";
+import { updateComposer } from "./messages.js";
+import { renderSettings } from "./settings.js";
+
+/** Waits for the model, showing load progress, then loads what the page shows about it. */
+export async function connect() {
+  for (;;) {
+    const health = await api.health();
+    if (health?.ready) break;
+    if (health?.error) {
+      setStatus(health.error, true);
+      return;
+    }
+    setStatus(health ? `loading ${Math.round(health.progress * 100)}%` : "cannot reach stove; retrying…", !health);
+    await new Promise((resolve) => setTimeout(resolve, health ? 300 : 1000));
+  }
+  try {
+    state.info = await api.info();
+  } catch (error) {
+    setStatus(error.message, true);
+    return;
+  }
+  state.defaults = state.info.defaults || {};
+  state.ready = true;
+  showModel();
+  renderSettings();
+  updateComposer();
+  el.prompt.focus();
+}
+
+/** After a lost connection: says so, retries until stove answers again, then carries on. */
+export async function reconnect() {
+  if (state.reconnecting) return;
+  state.reconnecting = true;
+  state.ready = false;
+  updateComposer();
+  el.banner.textContent = "Lost the connection to stove. Trying again…";
+  el.banner.hidden = false;
+  setStatus("disconnected", true);
+  for (let wait = 500; ; wait = Math.min(wait * 2, 4000)) {
+    await new Promise((resolve) => setTimeout(resolve, wait));
+    const health = await api.health();
+    if (health) break;
+  }
+  el.banner.hidden = true;
+  state.reconnecting = false;
+  await connect();
+  toast("Connected to stove again.");
+}
+
+// Notices a stopped stove while the page sits idle, so the person learns before typing.
+setInterval(async () => {
+  if (state.ready && !state.generation && !state.reconnecting && !(await api.health())) reconnect();
+}, 5000);
+
+function showModel() {
+  const { model, runtime } = state.info;
+  const name = model.name;
+  document.title = `${name} · stove`;
+  $("welcome-model").textContent = name;
+  const r = runtime;
+  const gpu = r.gpus.length
+    ? `${r.gpus.map((g) => g.description || g.name).join(", ")} · ${r.gpu_layers} of ${r.layers} layers`
+    : `none (all ${r.layers} layers on the CPU)`;
+  const facts = [
+    ["Name", name],
+    ["Architecture", model.architecture],
+    ["Parameters", `${formatNumber(model.parameters / 1e6, 1)} M`],
+    ["Quantization", model.quantization],
+    ["Size", `${formatNumber(model.size / 2 ** 20, 1)} MiB`],
+    [
+      "Context",
+      `${formatNumber(r.context_size)} tokens per conversation${model.trained_context ? ` (trained ${formatNumber(model.trained_context)})` : ""}`,
+    ],
+    ["At once", `${r.parallel} conversation${r.parallel === 1 ? "" : "s"}`],
+    [
+      "CPU",
+      `${r.cpu_variant ? `${r.cpu_variant} · ` : ""}${r.threads} thread${r.threads === 1 ? "" : "s"} · ${
+        r.cpu_features.join(" ") || "baseline"
+      }`,
+    ],
+    ["GPU", gpu],
+    ["Loaded in", `${formatNumber(r.load_seconds, 1)} s${r.mmap ? ", mapped from the file" : ""}`],
+    ["Sandbox", state.info.sandbox ? state.info.sandbox.summary : "unknown"],
+    ["stove", `${state.info.stove_version} (${state.info.stove_commit})`],
+  ];
+  $("model-facts").replaceChildren(
+    ...facts.flatMap(([term, value]) => [make("dt", { text: term }), make("dd", { text: value })]),
+  );
+  setStatus(`ready · ${model.quantization} · ${r.parallel} at once`);
+}

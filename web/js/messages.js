@@ -1,0 +1,314 @@
+// The open conversation: its messages, the answer being written (streamed, re-rendered at most once a frame),
+// failures with a retry, sending, regenerating, editing and stopping.
+
+import * as api from "./api.js";
+import * as conv from "./conversation.js";
+import { MarkdownView, renderInto } from "./markdown.js";
+import { thinkingView, toolCallsView, updateThinking } from "./parts.js";
+import { $, el, state } from "./page.js";
+import { make, toast, copyText, formatNumber } from "./ui.js";
+import { touch, newChat } from "./sidebar.js";
+import { reconnect } from "./connection.js";
+
+function metaText(meta) {
+  if (!meta) return "";
+  const parts = [];
+  if (meta.completion_tokens !== undefined) parts.push(`${formatNumber(meta.completion_tokens)} tokens`);
+  if (meta.tokens_per_second) parts.push(`${formatNumber(meta.tokens_per_second, 1)} tokens/s`);
+  if (meta.first_token_ms !== undefined && meta.first_token_ms !== null) {
+    parts.push(`first token ${formatNumber(meta.first_token_ms)} ms`);
+  }
+  const endings = { stopped: "stopped", length: "cut off: max tokens or context reached", interrupted: "interrupted" };
+  if (endings[meta.ending]) parts.push(endings[meta.ending]);
+  return parts.join(" · ");
+}
+
+function messageView(message, index) {
+  const view = make("article", { class: `message ${message.role}`, "data-index": String(index) });
+  const content = make("div", { class: message.role === "assistant" ? "content markdown" : "content" });
+  if (message.role === "assistant") renderInto(content, message.content);
+  else content.textContent = message.content;
+  if (message.reasoning) view.append(thinkingView(message.reasoning));
+  const label = message.role === "user" ? "You" : "Assistant";
+  view.setAttribute("aria-label", label);
+  const actions = make("div", { class: "actions" });
+  actions.append(
+    make("button", {
+      type: "button",
+      class: "copy-message",
+      text: "Copy",
+      "aria-label": `Copy this message`,
+      onclick: () => copyText(message.content).then(() => toast("Copied.")),
+    }),
+  );
+  if (message.role === "user") {
+    actions.append(
+      make("button", {
+        type: "button",
+        class: "edit",
+        text: "Edit",
+        "aria-label": "Edit this message and answer again",
+        onclick: () => edit(index),
+      }),
+    );
+  } else if (index === state.current.messages.length - 1) {
+    actions.append(
+      make("button", {
+        type: "button",
+        class: "regenerate",
+        text: "Regenerate",
+        "aria-label": "Write this answer again",
+        onclick: regenerate,
+      }),
+    );
+  }
+  const foot = make(
+    "div",
+    { class: "message-foot" },
+    make("span", { class: "meta", text: metaText(message.meta) }),
+    actions,
+  );
+  view.append(content);
+  if (message.tool_calls?.length) view.append(toolCallsView(message.tool_calls));
+  view.append(foot);
+  return view;
+}
+
+export function renderConversation() {
+  const c = state.current;
+  el.title.textContent = conv.titleOf(c);
+  const views = c.messages.map(messageView);
+  el.welcome.hidden = views.length > 0 || state.generation?.conversation === c;
+  el.messages.replaceChildren(el.welcome, ...views);
+  if (state.generation?.conversation === c) {
+    el.messages.append(state.generation.view);
+    scheduleRender();
+  }
+  if (state.failure) el.messages.append(failureView(state.failure));
+  el.messages.scrollTop = el.messages.scrollHeight;
+  updateContext();
+  updateComposer();
+}
+
+/** Context used by the conversation so far, from its last answer's usage. */
+function updateContext() {
+  const last = [...state.current.messages].reverse().find((m) => m.meta?.prompt_tokens !== undefined);
+  const size = state.info?.runtime.context_size;
+  const used = last ? last.meta.prompt_tokens + last.meta.completion_tokens : 0;
+  el.meter.value = size ? Math.min(used / size, 1) : 0;
+  const text =
+    size && last ? `${formatNumber(used)} of ${formatNumber(size)} tokens (${Math.round((used / size) * 100)}%)` : "–";
+  $("context-used").textContent = text;
+  el.meter.title = `Context used: ${text}`;
+  $("last-speed").textContent = last?.meta.tokens_per_second
+    ? `${formatNumber(last.meta.tokens_per_second, 1)} tokens/s`
+    : "–";
+  $("last-first-token").textContent =
+    last?.meta.first_token_ms != null ? `${formatNumber(last.meta.first_token_ms)} ms` : "–";
+}
+
+export function updateComposer() {
+  const busy = !!state.generation;
+  // Typing goes on while stove is away; sending waits for it.
+  el.prompt.disabled = !state.info;
+  el.send.disabled = !state.ready || busy;
+  el.send.hidden = busy;
+  el.stop.hidden = !busy;
+}
+
+const nearBottom = () => el.messages.scrollHeight - el.messages.scrollTop - el.messages.clientHeight < 80;
+
+// Streaming re-renders the answer at most once a frame, however fast tokens come.
+let renderPending = false;
+function scheduleRender() {
+  if (renderPending) return;
+  renderPending = true;
+  requestAnimationFrame(() => {
+    renderPending = false;
+    const g = state.generation;
+    if (!g || g.conversation !== state.current) return;
+    const follow = nearBottom();
+    updateThinking(g.view.querySelector(".thinking"), g.reasoning, !g.text);
+    g.markdown.update(g.text);
+    const seconds = g.firstTokenAt ? (performance.now() - g.firstTokenAt) / 1000 : 0;
+    const live = seconds > 0.2 ? ` · ${formatNumber(g.pieces / seconds, 1)} tokens/s` : "";
+    const first = g.firstTokenAt
+      ? `first token ${formatNumber(g.firstTokenAt - g.started)} ms${live}`
+      : "waiting for the first token…";
+    g.view.querySelector(".meta").textContent = first;
+    if (follow) el.messages.scrollTop = el.messages.scrollHeight;
+  });
+}
+
+function failureView(failure) {
+  const view = make("div", { class: "message error", role: "alert" }, make("p", { text: failure.message }));
+  if (failure.retry)
+    view.append(make("button", { type: "button", class: "retry", text: "Retry", onclick: failure.retry }));
+  return view;
+}
+
+function showFailure(conversation, failure) {
+  if (conversation !== state.current) return toast(failure.message, null, true);
+  state.failure = failure;
+  renderConversation();
+}
+
+/** Writes the next assistant message of `conversation`, streaming it onto the page. */
+async function generate(conversation) {
+  state.failure = null;
+  const view = make(
+    "article",
+    { class: "message assistant streaming", "aria-label": "Assistant", "aria-busy": "true" },
+    thinkingView("", { live: true }),
+    make("div", { class: "content markdown" }),
+    make("div", { class: "message-foot" }, make("span", { class: "meta", text: "waiting for the first token…" })),
+  );
+  const g = {
+    conversation,
+    controller: new AbortController(),
+    text: "",
+    reasoning: "",
+    started: performance.now(),
+    firstTokenAt: null,
+    pieces: 0,
+    view,
+    markdown: new MarkdownView(view.querySelector(".content")),
+  };
+  state.generation = g;
+  if (conversation === state.current) renderConversation();
+  let result = null;
+  let failure = null;
+  try {
+    result = await api.streamChat(conv.requestBody(conversation), {
+      signal: g.controller.signal,
+      onText: (text) => {
+        g.firstTokenAt ??= performance.now();
+        g.text += text;
+        g.pieces++;
+        scheduleRender();
+      },
+      onReasoning: (text) => {
+        g.firstTokenAt ??= performance.now();
+        g.reasoning += text;
+        g.pieces++;
+        scheduleRender();
+      },
+    });
+  } catch (error) {
+    if (error.name !== "AbortError") failure = error;
+  }
+  state.generation = null;
+  const stopped = g.controller.signal.aborted;
+  // Deleted while it was being answered: nothing to keep.
+  if (!state.conversations.includes(conversation)) return updateComposer();
+  if (g.text || g.reasoning || (result && !failure)) {
+    const meta = { first_token_ms: g.firstTokenAt ? Math.round(g.firstTokenAt - g.started) : null };
+    if (result?.usage) {
+      meta.prompt_tokens = result.usage.prompt_tokens;
+      meta.completion_tokens = result.usage.completion_tokens;
+    } else {
+      meta.completion_tokens = g.pieces;
+    }
+    if (result?.timings) meta.tokens_per_second = Math.round(result.timings.predicted_per_second * 10) / 10;
+    if (stopped) meta.ending = "stopped";
+    else if (failure) meta.ending = "interrupted";
+    else if (result.finishReason === "length") meta.ending = "length";
+    const message = { role: "assistant", content: g.text, meta };
+    if (g.reasoning) message.reasoning = g.reasoning;
+    if (result?.toolCalls.length) message.tool_calls = result.toolCalls;
+    conversation.messages.push(message);
+  }
+  if (conversation.messages.length) await touch(conversation);
+  if (failure) handleFailure(conversation, failure);
+  else if (conversation === state.current) renderConversation();
+  updateComposer();
+}
+
+/** A server's message as a sentence that another can follow. */
+const sentence = (text) => (/[.!?]$/.test(text) ? text : `${text}.`);
+
+function handleFailure(conversation, error) {
+  const retry = () => regenerate();
+  if (error.code === "context_length_exceeded") {
+    // The last question cannot be answered at all: give it back to be shortened or asked in a new chat.
+    const last = conversation.messages.at(-1);
+    if (last?.role === "user") {
+      conversation.messages.pop();
+      touch(conversation);
+      if (conversation === state.current && !el.prompt.value) el.prompt.value = last.content;
+    }
+    return showFailure(conversation, {
+      message: `Too long for the model's context: ${sentence(error.message)} Your message is back in the box below: shorten it, edit an earlier message, or start a new chat.`,
+    });
+  }
+  if (error.lostConnection) {
+    reconnect();
+    return showFailure(conversation, {
+      message: `${error.message} The page will reconnect by itself; then retry.`,
+      retry,
+    });
+  }
+  if (error.status === 503) {
+    const wait = error.retryAfter ? ` Try again in ${error.retryAfter} s.` : "";
+    return showFailure(conversation, { message: `stove is busy: ${sentence(error.message)}${wait}`, retry });
+  }
+  showFailure(conversation, { message: sentence(error.message), retry });
+}
+
+export async function send(text) {
+  if (!state.current) newChat();
+  const conversation = state.current;
+  if (!conversation.model && state.info) conversation.model = state.info.model.name;
+  conversation.messages.push({ role: "user", content: text });
+  // Saved while the answer starts: the Stop button appears with the keypress that sent the question.
+  touch(conversation);
+  await generate(conversation);
+}
+
+/** Writes the last answer again (or answers the last question, when the answer failed). */
+async function regenerate() {
+  if (state.generation || !state.ready) return;
+  const conversation = state.current;
+  if (conversation.messages.at(-1)?.role === "assistant") conversation.messages.pop();
+  if (!conversation.messages.length) return;
+  await generate(conversation);
+}
+
+/** Edits an earlier question in place; saving drops everything after it and answers again. */
+function edit(index) {
+  if (state.generation) return;
+  const conversation = state.current;
+  const view = el.messages.querySelector(`.message[data-index="${index}"]`);
+  const area = make("textarea", { class: "edit-box", "aria-label": "Edit message", rows: "3" });
+  area.value = conversation.messages[index].content;
+  const save = async () => {
+    const text = area.value.trim();
+    if (!text || state.generation) return;
+    conversation.messages.splice(index);
+    conversation.messages.push({ role: "user", content: text });
+    touch(conversation);
+    await generate(conversation);
+  };
+  area.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      save();
+    } else if (event.key === "Escape") {
+      event.stopPropagation();
+      renderConversation();
+    }
+  });
+  const buttons = make(
+    "div",
+    { class: "actions" },
+    make("button", { type: "button", class: "primary save-edit", text: "Save and send", onclick: save }),
+    make("button", { type: "button", text: "Cancel", onclick: renderConversation }),
+  );
+  view.replaceChildren(area, buttons);
+  view.classList.add("editing");
+  area.focus();
+}
+
+export function stop() {
+  state.generation?.controller.abort();
+}
