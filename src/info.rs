@@ -97,11 +97,7 @@ fn print_machine(hw: &Hardware) {
         println!("  memory       {} ({} available)", human_bytes(total), human_bytes(available));
     }
     let launch = crate::launch();
-    let placement = match launch.placement.split_once(' ') {
-        Some((how, dir)) => format!("{how} ({dir})"),
-        None => launch.placement.clone(),
-    };
-    println!("  engine       {} files, loaded from {placement}", launch.files.len() + launch.absent.len());
+    println!("  engine       {} files, loaded from {}", launch.files.len() + launch.absent.len(), launch.placement);
     for note in &launch.notes {
         println!("               {note}");
     }

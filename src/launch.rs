@@ -75,9 +75,8 @@ pub struct Launch {
     pub launcher_len: u64,
     /// The Rust target the launcher was built for.
     pub target: String,
-    /// Where the engine's files were made loadable, in words: "memory", "cache DIR", "temporary DIR" or
-    /// "build DIR".
-    pub placement: String,
+    /// Where the engine's files were made loadable.
+    pub placement: Placement,
     /// Every engine file, with a path the engine can open and load.
     pub files: Vec<PlacedFile>,
     /// A temporary directory the engine removes once its modules are loaded.
@@ -88,6 +87,32 @@ pub struct Launch {
     /// their driver is not on this machine: they could not run, so copying them out would only slow the start
     /// (the Vulkan module is 30 MB, CUDA's runtime and cuBLAS 600 MB).
     pub absent: Vec<AbsentFile>,
+}
+
+/// Where the launcher made the engine's files loadable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Memory files (Linux's `memfd`): nothing written to disk. (Also what unit tests, with no launcher, see.)
+    #[default]
+    Memory,
+    /// The verified per-user cache, in this folder.
+    Cache(PathBuf),
+    /// A temporary folder the engine removes once its modules are loaded.
+    Temporary(PathBuf),
+    /// Loose files beside a launcher in a build directory.
+    Build(PathBuf),
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Placement::Memory => write!(f, "memory"),
+            Placement::Cache(dir) => write!(f, "cache ({})", dir.display()),
+            Placement::Temporary(dir) => write!(f, "temporary ({})", dir.display()),
+            Placement::Build(dir) => write!(f, "build ({})", dir.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -27,12 +27,20 @@ pub enum GpuChoice {
 }
 
 impl GpuChoice {
+    /// The one GPU module this choice names (`--gpu vulkan`: `vulkan`, the module's short name).
+    fn named_module(self) -> Option<&'static str> {
+        match self {
+            GpuChoice::Vulkan => Some("vulkan"),
+            GpuChoice::Cuda => Some("cuda"),
+            GpuChoice::Auto | GpuChoice::None => None,
+        }
+    }
+
     fn allows(self, module: &str) -> bool {
         match self {
             GpuChoice::Auto => true,
             GpuChoice::None => false,
-            GpuChoice::Vulkan => module == "vulkan",
-            GpuChoice::Cuda => module == "cuda",
+            named => named.named_module() == Some(module),
         }
     }
 }
@@ -70,11 +78,7 @@ static LOADED: OnceLock<Backends> = OnceLock::new();
 /// A GPU backend named explicitly (`--gpu vulkan`) that cannot be used is an error naming why.
 pub fn load(gpu: GpuChoice) -> Result<&'static Backends, String> {
     let backends = LOADED.get_or_init(|| load_with(gpu));
-    let wanted = match gpu {
-        GpuChoice::Vulkan => "vulkan",
-        GpuChoice::Cuda => "cuda",
-        GpuChoice::Auto | GpuChoice::None => return Ok(backends),
-    };
+    let Some(wanted) = gpu.named_module() else { return Ok(backends) };
     match backends.modules.iter().find(|m| m.name == wanted) {
         Some(module) if module.loaded => Ok(backends),
         Some(module) => Err(format!(

@@ -23,16 +23,26 @@ pub struct Device {
     pub name: String,
     pub description: String,
     pub backend: String,
-    /// "cpu", "gpu", "igpu" (integrated) or "accelerator".
-    pub kind: &'static str,
+    pub kind: DeviceKind,
     pub memory_total: u64,
     pub memory_free: u64,
+}
+
+/// What kind of device llama.cpp says it is; `/stove/info` shows it as `cpu`, `gpu`, `igpu` or `accelerator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Gpu,
+    /// A GPU that shares the system's memory.
+    Igpu,
+    Accelerator,
 }
 
 impl Device {
     /// Whether llama.cpp can offload layers to it.
     pub fn is_gpu(&self) -> bool {
-        matches!(self.kind, "gpu" | "igpu")
+        matches!(self.kind, DeviceKind::Gpu | DeviceKind::Igpu)
     }
 }
 
@@ -63,10 +73,10 @@ pub fn devices() -> Vec<Device> {
         .into_iter()
         .map(|d| Device {
             kind: match d.device_type {
-                Type::Cpu => "cpu",
-                Type::Gpu => "gpu",
-                Type::IntegratedGpu => "igpu",
-                _ => "accelerator",
+                Type::Cpu => DeviceKind::Cpu,
+                Type::Gpu => DeviceKind::Gpu,
+                Type::IntegratedGpu => DeviceKind::Igpu,
+                _ => DeviceKind::Accelerator,
             },
             name: d.name,
             description: d.description,

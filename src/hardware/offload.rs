@@ -120,7 +120,7 @@ mod tests {
             name: "GPU0".into(),
             description: "test".into(),
             backend: "Vulkan".into(),
-            kind: "gpu",
+            kind: crate::hardware::DeviceKind::Gpu,
             memory_total: free,
             memory_free: free,
         }

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::launch::{
-    driver_library, AbsentFile, EngineIndex, FileKind, Launch, PlacedFile, ENGINE_ENTRY, ENGINE_LIBRARY, INDEX_ENTRY,
-    LLAMA_LIBRARIES,
+    driver_library, AbsentFile, EngineIndex, FileKind, Launch, PlacedFile, Placement, ENGINE_ENTRY, ENGINE_LIBRARY,
+    INDEX_ENTRY, LLAMA_LIBRARIES,
 };
 
 /// Where `cargo build` left llama.cpp's libraries and backend modules (from llama-cpp-sys-2, via build.rs).
@@ -137,7 +137,7 @@ fn from_build_directory(exe: &Path) -> Result<Launch, String> {
         exe: exe.to_path_buf(),
         launcher_len,
         target: env!("STOVE_TARGET").into(),
-        placement: format!("build {}", library_dir.display()),
+        placement: Placement::Build(library_dir.to_path_buf()),
         files,
         cleanup: None,
         notes: Vec::new(),

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::launch::{EngineIndex, Launch, PlacedFile, ARCHIVE_DIR};
+use crate::launch::{EngineIndex, Launch, PlacedFile, Placement, ARCHIVE_DIR};
 
 pub(super) type Archive = zip::ZipArchive<File>;
 
@@ -39,7 +39,7 @@ pub fn place(exe: &Path, mut archive: Archive, index: &EngineIndex, index_json: 
     } else if !carries_gpu_runtime {
         match super::memory::place(&mut archive, index) {
             Ok(files) => {
-                launch.placement = "memory".into();
+                launch.placement = Placement::Memory;
                 launch.files = files;
                 return Ok(launch);
             }
@@ -50,7 +50,7 @@ pub fn place(exe: &Path, mut archive: Archive, index: &EngineIndex, index_json: 
     let key = &hex(&Sha256::digest(index_json))[..16];
     match cache_dir(key).map(|dir| in_directory(&mut archive, index, &dir, true)) {
         Some(Ok(files)) => {
-            launch.placement = format!("cache {}", files_dir(&files).display());
+            launch.placement = Placement::Cache(files_dir(&files).to_path_buf());
             launch.files = files;
             return Ok(launch);
         }
@@ -65,7 +65,7 @@ pub fn place(exe: &Path, mut archive: Archive, index: &EngineIndex, index_json: 
         .keep();
     match in_directory(&mut archive, index, &temporary, false) {
         Ok(files) => {
-            launch.placement = format!("temporary {}", temporary.display());
+            launch.placement = Placement::Temporary(temporary.to_path_buf());
             launch.files = files;
             launch.cleanup = Some(temporary);
             Ok(launch)

@@ -52,7 +52,7 @@ impl EngineSource {
         }
         // From a build directory the files are loose; otherwise they are in the stove file's own archive,
         // which is read again rather than trusting copies in memory.
-        if !launch.placement.starts_with("build") {
+        if !matches!(launch.placement, crate::launch::Placement::Build(_)) {
             return Self::from_file(&launch.exe);
         }
         Ok(EngineSource {
