@@ -6,13 +6,13 @@
 //! otherwise a higher number the more it uses; that is what ggml's own `ggml_backend_load_best` does, here
 //! over files that may live in memory rather than in one directory.
 
-use std::ffi::{c_int, CString};
 use std::path::Path;
 use std::sync::OnceLock;
 
 use serde::Serialize;
 
 use crate::launch::{FileKind, PlacedFile};
+use crate::llama::modules;
 
 /// `--gpu`: which GPU backend may be loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -129,7 +129,7 @@ fn load_modules<'a>(modules: impl Iterator<Item = &'a PlacedFile>, gpu: GpuChoic
             gpu_modules.push((name, module.path.as_path()));
             continue;
         }
-        let state = match score(&module.path) {
+        let state = match modules::score(&module.path, why_not_loadable) {
             Ok(score) => {
                 if score > 0 && best.as_ref().is_none_or(|(s, _, _)| score > *s) {
                     best = Some((score, &module.path, name.clone()));
@@ -142,7 +142,7 @@ fn load_modules<'a>(modules: impl Iterator<Item = &'a PlacedFile>, gpu: GpuChoic
         backends.modules.push(state);
     }
     if let Some((_, path, name)) = best {
-        match register(path) {
+        match modules::register(path) {
             Ok(_) => {
                 for state in backends.modules.iter_mut().filter(|m| m.name == name) {
                     state.loaded = true;
@@ -169,10 +169,10 @@ fn load_modules<'a>(modules: impl Iterator<Item = &'a PlacedFile>, gpu: GpuChoic
         } else {
             // Loading fails right away when the module's driver library (libvulkan.so.1, libcuda.so.1) is not
             // installed; that is the everyday case on machines without that GPU, not an error.
-            match score(path) {
+            match modules::score(path, why_not_loadable) {
                 Err(reason) => not_used(reason),
                 Ok(0) => not_used("no usable device".into()),
-                Ok(_) => match register(path) {
+                Ok(_) => match modules::register(path) {
                     Ok(0) => not_used("it found no GPU".into()),
                     Ok(_) => {
                         gpu_in_use = Some(name.clone());
@@ -215,37 +215,10 @@ fn short_name(file_name: &str) -> String {
     name.strip_suffix(".dll").unwrap_or(name).to_string()
 }
 
-/// Asks a module how well it suits this machine, without registering it. Modules without a score function
-/// (GPU backends usually have none) count as 1.
-fn score(path: &Path) -> Result<i32, String> {
-    // SAFETY: a ggml backend module built with this engine; loading it runs no code that depends on the CPU's
-    // features (ggml builds the score function for the baseline, so it can run anywhere).
-    let library = unsafe { libloading::Library::new(path) }.map_err(|e| why_not_loadable(path, &e))?;
-    // SAFETY: `ggml_backend_score` is declared `int (void)` by GGML_BACKEND_DL_SCORE_IMPL.
-    let score = match unsafe { library.get::<unsafe extern "C" fn() -> c_int>(b"ggml_backend_score\0") } {
-        // SAFETY: as above; it only reads CPUID (CPU variants) or nothing.
-        Ok(function) => unsafe { function() },
-        Err(_) => 1,
-    };
-    Ok(score)
-}
-
 /// Why a module could not be loaded; for a GPU module, usually that its driver library is missing.
 fn why_not_loadable(module: &Path, error: &libloading::Error) -> String {
     let file_name = module.file_name().unwrap_or_default().to_string_lossy();
     crate::launch::load_failure(error, crate::launch::driver_library(&file_name))
-}
-
-/// Registers a module with ggml, so llama.cpp lists its devices; returns how many devices it has.
-fn register(path: &Path) -> Result<usize, String> {
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "a NUL byte in the path".to_string())?;
-    // SAFETY: a NUL-terminated path that outlives the call; ggml keeps the module loaded until exit.
-    let registered = unsafe { llama_cpp_sys_2::ggml_backend_load(c_path.as_ptr()) };
-    if registered.is_null() {
-        return Err("ggml could not initialise it (run with --verbose to see why)".into());
-    }
-    // SAFETY: a registry ggml just returned, valid until exit.
-    Ok(unsafe { llama_cpp_sys_2::ggml_backend_reg_dev_count(registered) })
 }
 
 #[cfg(test)]
