@@ -73,7 +73,11 @@ pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf)> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("the system gave no random bytes for the key: {e}"))?;
     let key = SigningKey::from_bytes(&seed);
-    let secret = key.to_pkcs8_pem(Default::default()).context("while encoding the private key")?;
+    // PKCS#8 v1 (the seed alone): what OpenSSL and other tools read too (OpenSSL 3.0 refuses the v2 form with
+    // the public key inside), so the release script signs SHA256SUMS with the same key. stove reads both.
+    let secret = ed25519_dalek::pkcs8::KeypairBytes { secret_key: key.to_bytes(), public_key: None }
+        .to_pkcs8_pem(Default::default())
+        .context("while encoding the private key")?;
     let public = key.verifying_key().to_public_key_pem(Default::default()).context("while encoding the public key")?;
     write_new(&secret_path, secret.as_bytes(), 0o600)?;
     write_new(&public_path, public.as_bytes(), 0o644)?;
@@ -201,6 +205,11 @@ mod tests {
         let (secret, public) = keygen(&dir.path().join("kitchen")).unwrap();
         let signing = load_signing_key(&secret).unwrap();
         assert_eq!(load_verifying_key(&public).unwrap(), signing.verifying_key());
+        // PKCS#8 v1, which OpenSSL reads too: 48 bytes of DER (v2 adds the public key: 83).
+        let pem = std::fs::read_to_string(&secret).unwrap();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        use base64::Engine;
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(body).unwrap().len(), 48);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
