@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::engine::{CacheType, FlashAttention};
 pub use crate::hardware::backends::GpuChoice;
 
 #[derive(Debug, Parser)]
@@ -92,6 +93,16 @@ pub struct RunArgs {
     /// GPU backend: auto (CUDA when it finds a GPU, else Vulkan), none (CPU only), vulkan or cuda
     #[arg(long, global = true, value_enum, default_value_t = GpuChoice::Auto, value_name = "BACKEND")]
     pub gpu: GpuChoice,
+    /// How the KV cache stores keys: f16, or quantized (q8_0 halves the memory, q4_0 takes under a third)
+    #[arg(long, global = true, value_enum, default_value_t = CacheType::F16, value_name = "TYPE")]
+    pub cache_type_k: CacheType,
+    /// How the KV cache stores values; a quantized one needs flash attention (the default, auto, has it
+    /// where the device does)
+    #[arg(long, global = true, value_enum, default_value_t = CacheType::F16, value_name = "TYPE")]
+    pub cache_type_v: CacheType,
+    /// Flash attention: auto (where the model and device support it), on or off
+    #[arg(long, global = true, value_enum, default_value_t = FlashAttention::Auto, value_name = "WHEN")]
+    pub flash_attn: FlashAttention,
     /// Read the weights into memory instead of mapping them from the file
     #[arg(long, global = true)]
     pub no_mmap: bool,

@@ -6,13 +6,15 @@ use anyhow::{Context, Result};
 
 use crate::bundle::{self, ModelSource};
 use crate::cli::InfoArgs;
-use crate::engine::{DEFAULT_CONTEXT, DEFAULT_PARALLEL};
+use crate::engine::{KvCache, DEFAULT_CONTEXT, DEFAULT_PARALLEL};
 use crate::gguf::GgufInfo;
 use crate::hardware::capacity::{self, Fit};
 use crate::hardware::{self, human_bytes, Hardware};
 use crate::llama::chat::ChatTemplates;
 
-pub fn run(args: &InfoArgs, gpu: crate::cli::GpuChoice, template_file: Option<&Path>) -> Result<()> {
+pub fn run(args: &InfoArgs, run: &crate::cli::RunArgs) -> Result<()> {
+    let (gpu, template_file) = (run.gpu, run.chat_template_file.as_deref());
+    let kv_cache = KvCache { type_k: run.cache_type_k, type_v: run.cache_type_v, flash_attn: run.flash_attn };
     hardware::backends::load(gpu).map_err(anyhow::Error::msg)?;
     let path = match &args.file {
         Some(path) => path.clone(),
@@ -23,7 +25,7 @@ pub fn run(args: &InfoArgs, gpu: crate::cli::GpuChoice, template_file: Option<&P
     let hw = hardware::detect();
     print_machine(&hw);
     println!();
-    print_capacity(&hw, model.as_ref());
+    print_capacity(&hw, model.as_ref(), &kv_cache);
     Ok(())
 }
 
@@ -126,20 +128,21 @@ fn print_machine(hw: &Hardware) {
 }
 
 /// The GPU plan for this file's model at the default context, then what else would run here.
-fn print_capacity(hw: &Hardware, model: Option<&(GgufInfo, u64)>) {
+/// `kv_cache`: the cache the estimates count (`--cache-type-k/-v`; a q8_0 cache about halves it).
+fn print_capacity(hw: &Hardware, model: Option<&(GgufInfo, u64)>, kv_cache: &KvCache) {
     let gpus: Vec<_> = hw.devices.iter().filter(|d| d.is_gpu()).cloned().collect();
     let gpu_free: u64 = gpus.iter().map(|d| d.memory_free).sum();
     let available = hw.memory_available.unwrap_or(0);
     let bandwidth = capacity::memory_bandwidth(hw.physical_cores);
     if let Some((gguf, size)) = model {
         let context = gguf.context_length.map_or(u64::from(DEFAULT_CONTEXT), |c| c.min(u64::from(DEFAULT_CONTEXT)));
-        let plan = hardware::offload::plan(&gguf.layout, &gpus, u64::from(DEFAULT_PARALLEL), context, None);
+        let layout = gguf.layout.with_kv_ratio(kv_cache.size_ratio());
+        let plan = hardware::offload::plan(&layout, &gpus, u64::from(DEFAULT_PARALLEL), context, None);
         println!("this model here ({DEFAULT_PARALLEL} conversations of {context} tokens)");
         if !gpus.is_empty() {
             println!("  gpu plan     {}", plan.describe());
         }
-        let needed =
-            gguf.layout.weight_bytes().max(*size) + gguf.layout.kv_bytes(u64::from(DEFAULT_PARALLEL) * context);
+        let needed = layout.weight_bytes().max(*size) + layout.kv_bytes(u64::from(DEFAULT_PARALLEL) * context);
         let verdict = match capacity::fit(needed, *size, gpu_free, available, bandwidth) {
             Fit::Gpu => "a good fit: it runs entirely on the GPU".to_string(),
             Fit::Memory { tokens_per_second } if plan.layers > 0 => format!(
@@ -175,7 +178,7 @@ fn print_capacity(hw: &Hardware, model: Option<&(GgufInfo, u64)>) {
     for billions in capacity::SIZES {
         print!("  {:<6}", format!("{billions}B"));
         for (_, bits) in capacity::QUANTIZATIONS {
-            let bytes = capacity::footprint(billions, bits);
+            let bytes = capacity::footprint(billions, bits, kv_cache.size_ratio());
             let weights = (billions * 1e9 * bits / 8.0) as u64;
             let cell = match capacity::fit(bytes, weights, gpu_free, available, bandwidth) {
                 Fit::Gpu => "GPU".to_string(),

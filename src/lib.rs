@@ -92,7 +92,7 @@ fn main() -> u8 {
     }
     let result = match cli.command {
         Some(Command::Pack(ref pack_args)) => pack::run(pack_args, &cli.run),
-        Some(Command::Info(ref info_args)) => info::run(info_args, cli.run.gpu, cli.run.chat_template_file.as_deref()),
+        Some(Command::Info(ref info_args)) => info::run(info_args, &cli.run),
         Some(Command::Verify(ref verify_args)) => match verify::run(verify_args) {
             Ok(code) => return code,
             Err(e) => Err(e),

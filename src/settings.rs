@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::bundle::ModelSource;
 use crate::cli::{GpuChoice, RunArgs};
-use crate::engine::{EngineConfig, SamplingParams, TemplateOrigin};
+use crate::engine::{EngineConfig, FlashAttention, KvCache, SamplingParams, TemplateOrigin};
+use clap::ValueEnum;
 
 /// A checked run configuration. Fields are final values: defaults resolved, files read.
 #[derive(Debug, Clone)]
@@ -43,6 +44,14 @@ impl Settings {
                 run.host
             );
         }
+        let kv_cache = KvCache { type_k: run.cache_type_k, type_v: run.cache_type_v, flash_attn: run.flash_attn };
+        if kv_cache.type_v.is_quantized() && kv_cache.flash_attn == FlashAttention::Off {
+            bail!(
+                "--cache-type-v {} needs flash attention, which --flash-attn off turns off; \
+                 leave --flash-attn at auto or use --cache-type-v f16",
+                run.cache_type_v.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+            );
+        }
         Ok(Settings {
             host: run.host,
             port: run.port,
@@ -62,6 +71,7 @@ impl Settings {
                 use_mmap: !run.no_mmap,
                 system_prompt: run.system_prompt.clone(),
                 chat_template: chat_template(run, source)?,
+                kv_cache,
             },
             sampling: SamplingParams {
                 temperature: run.temperature,

@@ -4,7 +4,8 @@
 //! Checks: /health turns 200; streamed and non-streamed completions give non-empty text, the same text for
 //! the same seed at temperature 0, with usage and finish_reason; the weights are file-backed pages of the
 //! bundle, not anonymous memory; a taken port moves to the next; SIGTERM stops it with status 0; a page packed with `--web` replaces the built-in one;
-//! while the model loads, /health and the API answer 503 with the progress; `--browser` opens the printed URL.
+//! while the model loads, /health and the API answer 503 with the progress; `--browser` opens the printed URL;
+//! a quantized KV cache answers coherently and the memory plan shrinks with it.
 
 mod common;
 
@@ -226,4 +227,38 @@ fn browser_opens_the_page_when_asked() {
     }
     let url = std::fs::read_to_string(&opened).unwrap();
     assert_eq!(url.trim().trim_end_matches('/'), server.url, "the browser got another address");
+}
+
+#[test]
+fn a_quantized_kv_cache_answers_and_the_plan_counts_it_smaller() {
+    let model = common::model();
+    let mut planned = Vec::new();
+    for cache in ["f16", "q8_0", "q4_0"] {
+        let args = ["--model", model.to_str().unwrap(), "--cache-type-k", cache, "--cache-type-v", cache];
+        let server = Server::start(&common::engine(), &args);
+        let info: Value = client().get(format!("{}/stove/info", server.url)).send().unwrap().json().unwrap();
+        let runtime = &info["runtime"];
+        assert_eq!(runtime["kv_cache"]["type_k"], cache, "{runtime}");
+        assert_eq!(runtime["kv_cache"]["type_v"], cache, "{runtime}");
+        planned.push(runtime["offload"]["cpu_bytes"].as_u64().unwrap());
+        // The tolerance: this 135M model's greedy wording changes with the cache's precision (f16 numbers the
+        // days, q8_0 lists them in a sentence), so the check is that each answer is coherent: it names the days
+        // in order.
+        let (status, body) = server.chat(json!({
+            "messages": [{ "role": "user", "content": "List the days of the week." }],
+            "temperature": 0, "max_tokens": 40
+        }));
+        assert_eq!(status, 200, "{body}");
+        let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
+        let at = |day: &str| answer.find(day).unwrap_or_else(|| panic!("{cache}: no {day} in {answer:?}"));
+        assert!(at("Monday") < at("Tuesday") && at("Tuesday") < at("Wednesday"), "{cache}: {answer:?}");
+    }
+    // Weights plus cache in main memory: the cache is about half as large at q8_0 and under a third at q4_0.
+    assert!(planned[0] > planned[1] && planned[1] > planned[2], "{planned:?}");
+
+    // A quantized value cache needs flash attention: refused before anything loads.
+    let output = common::run(&["--model", model.to_str().unwrap(), "--cache-type-v", "q8_0", "--flash-attn", "off"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--cache-type-v q8_0 needs flash attention"), "{stderr}");
 }

@@ -9,12 +9,14 @@
 //! event receiver is gone (the client left or pressed stop), its slot is freed before the next step.
 
 mod embed;
+mod kv_cache;
 pub mod metrics;
 mod prompt;
 mod sampling;
 mod slot;
 pub mod text;
 mod worker;
+pub use kv_cache::{CacheType, FlashAttention, KvCache};
 pub use worker::{DEFAULT_CONTEXT, DEFAULT_PARALLEL};
 
 use std::fs::File;
@@ -60,6 +62,8 @@ pub struct EngineConfig {
     pub system_prompt: Option<String>,
     /// A chat template to use instead of the model's: Jinja source and where it came from.
     pub chat_template: Option<(String, TemplateOrigin)>,
+    /// The KV cache's number formats and flash attention.
+    pub kv_cache: KvCache,
 }
 
 /// What the page, `/v1/models` and `stove info` show about the model.
@@ -94,6 +98,8 @@ pub struct Runtime {
     pub gpus: Vec<hardware::Device>,
     /// How the layers were split between the GPUs and the CPU, and why.
     pub offload: hardware::offload::OffloadPlan,
+    /// The KV cache's number formats and the flash attention setting it was made with.
+    pub kv_cache: KvCache,
 }
 
 #[derive(Debug, Clone)]

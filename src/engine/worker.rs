@@ -63,15 +63,12 @@ impl Worker {
             Some(0) => trained,
             Some(n) => n,
         };
-        let parallel = config.parallel.unwrap_or_else(|| default_parallel(&self.layout, context_size)).max(1);
+        // The plan counts the cache at the size its number format gives it.
+        let layout = self.layout.with_kv_ratio(config.kv_cache.size_ratio());
+        let parallel = config.parallel.unwrap_or_else(|| default_parallel(&layout, context_size)).max(1);
         let gpus: Vec<_> = hardware::devices().into_iter().filter(hardware::Device::is_gpu).collect();
-        let offload = hardware::offload::plan(
-            &self.layout,
-            &gpus,
-            u64::from(parallel),
-            u64::from(context_size),
-            config.gpu_layers,
-        );
+        let offload =
+            hardware::offload::plan(&layout, &gpus, u64::from(parallel), u64::from(context_size), config.gpu_layers);
         let model =
             crate::llama::load_model_at(&backend, &span.path, span.offset, config.use_mmap, offload.n_gpu_layers())
                 .map_err(|e| e.to_string())?;
@@ -89,7 +86,10 @@ impl Worker {
             .with_n_batch(batch_size)
             .with_n_ubatch(batch_size)
             .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_n_threads_batch(threads)
+            .with_type_k(config.kv_cache.type_k.llama())
+            .with_type_v(config.kv_cache.type_v.llama())
+            .with_flash_attention_policy(config.kv_cache.flash_attn.llama());
         let ctx = model.new_context(&backend, params).map_err(|e| {
             format!(
                 "cannot create a context of {parallel} × {context_size} tokens: {e}; \
@@ -120,6 +120,7 @@ impl Worker {
             gpu_layers,
             gpus,
             offload,
+            kv_cache: config.kv_cache,
         }));
 
         let batch = LlamaBatch::new(ctx.n_batch() as usize, 1);

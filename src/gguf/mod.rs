@@ -67,6 +67,12 @@ impl ModelLayout {
     pub fn kv_bytes(&self, tokens: u64) -> u64 {
         self.kv_bytes_per_token_layer * self.layer_bytes.len() as u64 * tokens
     }
+
+    /// The same model with a KV cache `ratio` times the size of an f16 one (a q8_0 cache: about 0.53).
+    pub fn with_kv_ratio(&self, ratio: f64) -> ModelLayout {
+        let per_token_layer = (self.kv_bytes_per_token_layer as f64 * ratio).ceil() as u64;
+        ModelLayout { kv_bytes_per_token_layer: per_token_layer, ..self.clone() }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

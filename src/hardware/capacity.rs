@@ -26,10 +26,11 @@ pub enum Fit {
 }
 
 /// Bytes a model of `billions` parameters takes at `bits` per weight, with a KV cache for [`CONTEXT`] tokens
-/// (about 0.07 bytes per parameter at 4096 tokens for today's grouped-query models) and 10% for buffers.
-pub fn footprint(billions: f64, bits: f64) -> u64 {
+/// (about 0.07 bytes per parameter at 4096 tokens for today's grouped-query models, in f16; `kv_ratio` scales
+/// it for another cache type) and 10% for buffers.
+pub fn footprint(billions: f64, bits: f64, kv_ratio: f64) -> u64 {
     let weights = billions * 1e9 * bits / 8.0;
-    let kv_cache = billions * 1e9 * 0.07 * (CONTEXT as f64 / 4096.0);
+    let kv_cache = billions * 1e9 * 0.07 * (CONTEXT as f64 / 4096.0) * kv_ratio;
     ((weights + kv_cache) * 1.1) as u64
 }
 
@@ -76,7 +77,7 @@ mod tests {
     #[test]
     fn footprints_are_about_what_the_files_weigh() {
         // An 8B Q4_K_M GGUF is 4.9 GB; with its cache and buffers about 5.9 GB.
-        let bytes = footprint(8.0, 4.85);
+        let bytes = footprint(8.0, 4.85, 1.0);
         assert!((5_500_000_000..6_500_000_000).contains(&bytes), "{bytes}");
     }
 

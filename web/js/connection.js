@@ -85,6 +85,7 @@ function showModel() {
       }`,
     ],
     ["GPU", gpu],
+    ["KV cache", `${r.kv_cache.type_k} keys, ${r.kv_cache.type_v} values · flash attention ${r.kv_cache.flash_attn}`],
     ["Loaded in", `${formatNumber(r.load_seconds, 1)} s${r.mmap ? ", mapped from the file" : ""}`],
     ["Sandbox", state.info.sandbox ? state.info.sandbox.summary : "unknown"],
     ["stove", `${state.info.stove_version} (${state.info.stove_commit})`],
