@@ -5,6 +5,7 @@
 #                     so a file built here starts on systems as old as Debian 10, RHEL 8 and Ubuntu 20.04
 #   STOVE_FEATURES    the cargo features of the engine every script builds: the Vulkan module, which loads only
 #                     where a Vulkan driver is installed, so the same file still runs everywhere else
+#   stove_build       the one way the scripts build this machine's engine (below)
 # Run scripts/setup.sh first: it installs what the Vulkan build needs.
 
 stove_scripts="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,7 +20,8 @@ if [[ "$(uname -m)" == x86_64 ]]; then
   glibc_compat="$("$stove_scripts/glibc-compat.sh")"
   # -B: glibc 2.28's start files; -L: its stub libraries, found before the system's; compat.o: the few newer
   # functions. These replace .cargo/config.toml's defaults, so they repeat its static C++ runtime flags.
-  # The folder is named after its contents: a new compat.c changes these flags, and llama.cpp relinks.
+  # The folder is named after its contents: a new compat.c changes these flags, and stove_build (below) then
+  # starts llama.cpp's build over.
   link="-B$glibc_compat -L$glibc_compat $glibc_compat/compat.o"
   export CMAKE_SHARED_LINKER_FLAGS="-static-libstdc++ -Wl,--exclude-libs,ALL -pthread $link"
   export CMAKE_MODULE_LINKER_FLAGS="$CMAKE_SHARED_LINKER_FLAGS"
@@ -28,3 +30,12 @@ if [[ "$(uname -m)" == x86_64 ]]; then
 -C link-arg=$glibc_compat/compat.o -C link-arg=-Wl,--allow-shlib-undefined"
 fi
 STOVE_FEATURES="vulkan"
+
+# Every script builds this machine's engine with this: llama-cpp-sys-2 configures llama.cpp's CMake once per
+# build folder and keeps the first flags, so llama-build-stamp starts that build over when the flags above
+# changed since the last build here; then cargo builds with the engine's features. (A plain `cargo build` in
+# the clone builds without the Vulkan module and the glibc 2.28 links: .cargo/config.toml.)
+stove_build() {
+  "$stove_scripts/llama-build-stamp" "$CARGO_TARGET_DIR"
+  cargo build --release --locked --features "$STOVE_FEATURES" "$@"
+}

@@ -16,6 +16,6 @@ out="dist/${name%%.Q[0-9]*}.stove"
 if [[ $# -gt 0 && "$1" != "--" ]]; then out="$1"; shift; fi
 
 source scripts/build-env.sh
-cargo build --release --locked --features "$STOVE_FEATURES" >&2
+stove_build >&2
 mkdir -p "$(dirname "$out")"
 "$CARGO_TARGET_DIR/release/stove" pack --model "$model" -o "$out" "$@"

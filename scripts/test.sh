@@ -9,6 +9,7 @@ source scripts/build-env.sh
 export STOVE_TEST_MODEL="$(scripts/fetch-model.sh)"
 
 cargo fmt --check
+stove_build
 cargo clippy --release --locked --all-targets --features "$STOVE_FEATURES" -- -D warnings
 cargo test --release --locked --features "$STOVE_FEATURES"
 
