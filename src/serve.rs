@@ -1,6 +1,7 @@
 //! `stove serve` (the default command): load the model, serve the page and the API, open a browser.
 
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -21,11 +22,7 @@ pub fn model_source(run: &RunArgs) -> Result<(ModelSource, Vec<String>)> {
             let exe = crate::this_file()?;
             match Bundle::find(&exe)? {
                 Some(bundle) => ModelSource::Bundle(Box::new(bundle)),
-                None => anyhow::bail!(
-                    "this stove engine holds no model. Serve one with `{0} --model MODEL.gguf`, \
-                     or pack one into a single file with `{0} pack --model MODEL.gguf -o my-model.stove`",
-                    exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "stove".into())
-                ),
+                None => model_beside(&exe)?,
             }
         }
     };
@@ -34,6 +31,49 @@ pub fn model_source(run: &RunArgs) -> Result<(ModelSource, Vec<String>)> {
         ModelSource::Gguf(_) => Vec::new(),
     };
     Ok((source, defaults))
+}
+
+/// The model for an engine that holds none (an engine file carried on a stick beside the models): the one GGUF
+/// or bundle in its own folder, named on stderr; several are listed to choose from; none says how to get one.
+/// Only files named like models are opened (`.gguf`, `.stove`, `.exe`), and nothing is written there.
+fn model_beside(exe: &Path) -> Result<ModelSource> {
+    let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "stove".into());
+    let folder = exe.parent().unwrap_or(Path::new("."));
+    let own = exe.canonicalize().ok();
+    let mut found: Vec<(PathBuf, ModelSource)> = std::fs::read_dir(folder)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|path| {
+            let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+            matches!(extension.as_deref(), Some("gguf" | "stove" | "exe"))
+                && path.is_file()
+                && path.canonicalize().ok() != own
+        })
+        .filter_map(|path| bundle::open_model(&path).ok().map(|source| (path, source)))
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    match found.len() {
+        0 => anyhow::bail!(
+            "this stove engine holds no model, and there is none beside it. Serve one with `{name} --model \
+             MODEL.gguf`, or pack one into a single file with `{name} pack --model MODEL.gguf -o my-model.stove`"
+        ),
+        1 => {
+            let (path, source) = found.pop().expect("one");
+            eprintln!("stove: this engine holds no model; serving {}, the one beside it", path.display());
+            Ok(source)
+        }
+        _ => {
+            let names: Vec<String> =
+                found.iter().map(|(p, _)| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+            anyhow::bail!(
+                "this stove engine holds no model, and {} models are beside it: {}. Choose one with `{name} \
+                 --model NAME`",
+                names.len(),
+                names.join(", ")
+            )
+        }
+    }
 }
 
 pub fn run(source: &ModelSource, settings: &Settings) -> Result<()> {

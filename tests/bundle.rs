@@ -79,8 +79,10 @@ fn packing_onto_a_bundle_replaces_its_payload() {
 
 #[test]
 fn an_engine_only_file_runs_on_its_own_and_packs_models_elsewhere() {
-    // The engine alone, as one carries it or builds it for another system.
-    let engine = scratch().join("stove-engine");
+    // The engine alone, as one carries it or builds it for another system; in a folder of its own, since an
+    // engine with no model serves the one model beside it.
+    let engine = scratch().join("engine-alone/stove-engine");
+    fs::create_dir_all(engine.parent().unwrap()).unwrap();
     let output = run(&["pack", "--engine-only", "-o", engine.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("x86_64-unknown-linux-gnu engine"));
@@ -120,6 +122,46 @@ fn an_engine_only_file_runs_on_its_own_and_packs_models_elsewhere() {
     assert!(!refused.status.success());
     assert!(stderr(&refused).contains("is not a stove file with an engine"), "{}", stderr(&refused));
     assert!(!never.exists());
+}
+
+#[test]
+fn an_engine_with_no_model_serves_the_one_beside_it_and_lists_several() {
+    // A stick: the engine file and a model in one folder.
+    let stick = scratch().join("stick");
+    fs::create_dir_all(&stick).unwrap();
+    let engine = stick.join("stove-engine");
+    let output = run(&["pack", "--engine-only", "-o", engine.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let beside = stick.join("SmolLM2.gguf");
+    fs::hard_link(model(), &beside).or_else(|_| fs::copy(model(), &beside).map(drop)).unwrap();
+    // Not models: ignored.
+    fs::write(stick.join("notes.txt"), "hello").unwrap();
+    fs::write(stick.join("broken.gguf"), "GGUF and nothing else").unwrap();
+
+    let ask = |engine: &std::path::Path| {
+        common::output_of_written_program(
+            std::process::Command::new(engine)
+                .args(["chat", "--temperature", "0", "--max-tokens", "8", "-p", "Which city is the capital of France?"]),
+        )
+    };
+    let answer = ask(&engine);
+    assert!(answer.status.success(), "{}", stderr(&answer));
+    assert!(String::from_utf8_lossy(&answer.stdout).contains("Paris"), "{}", stderr(&answer));
+    let first = stderr(&answer).lines().next().unwrap_or_default().to_string();
+    assert!(first.contains("holds no model; serving") && first.contains("SmolLM2.gguf"), "{first}");
+
+    // Two models: it names both and serves neither.
+    fs::copy(bundle(), stick.join("another.stove")).unwrap();
+    let several = ask(&engine);
+    assert_eq!(several.status.code(), Some(1));
+    let message = stderr(&several);
+    assert!(message.contains("2 models are beside it: SmolLM2.gguf, another.stove"), "{message}");
+    assert!(message.contains("--model NAME"), "{message}");
+    // It wrote nothing there.
+    let mut names: Vec<String> =
+        fs::read_dir(&stick).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["SmolLM2.gguf", "another.stove", "broken.gguf", "notes.txt", "stove-engine"]);
 }
 
 #[test]
