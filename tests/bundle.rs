@@ -139,10 +139,15 @@ fn an_engine_with_no_model_serves_the_one_beside_it_and_lists_several() {
     fs::write(stick.join("broken.gguf"), "GGUF and nothing else").unwrap();
 
     let ask = |engine: &std::path::Path| {
-        common::output_of_written_program(
-            std::process::Command::new(engine)
-                .args(["chat", "--temperature", "0", "--max-tokens", "8", "-p", "Which city is the capital of France?"]),
-        )
+        common::output_of_written_program(std::process::Command::new(engine).args([
+            "chat",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "8",
+            "-p",
+            "Which city is the capital of France?",
+        ]))
     };
     let answer = ask(&engine);
     assert!(answer.status.success(), "{}", stderr(&answer));
