@@ -162,8 +162,19 @@ pub struct ChatArgs {
 #[derive(Debug, Args, Clone)]
 pub struct PackArgs {
     /// Where to write the bundle
-    #[arg(short, long, value_name = "OUT")]
-    pub output: PathBuf,
+    #[arg(short, long, value_name = "OUT", required_unless_present = "stick")]
+    pub output: Option<PathBuf>,
+    /// Write a USB stick's layout into this folder instead: one bundle holding the model, an engine file for
+    /// each other system (`--stick-engine`), and a README.txt saying which file to start where
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["output", "engine_only"])]
+    pub stick: Option<PathBuf>,
+    /// With --stick: an engine file for another system (from `scripts/build-engine aarch64|windows`), repeatable
+    #[arg(long, value_name = "FILE", requires = "stick")]
+    pub stick_engine: Vec<PathBuf>,
+    /// With --stick: the systems the stick must start on (linux-x86_64, linux-aarch64, windows-x86_64)
+    /// [default: the bundle's and each --stick-engine's]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "stick")]
+    pub systems: Vec<String>,
     /// Name shown on the page and in /v1/models [default: the GGUF's general.name]
     #[arg(long)]
     pub name: Option<String>,

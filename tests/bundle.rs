@@ -170,6 +170,38 @@ fn an_engine_with_no_model_serves_the_one_beside_it_and_lists_several() {
 }
 
 #[test]
+fn pack_stick_writes_the_bundle_and_a_readme_and_names_what_is_missing() {
+    let stick = scratch().join("usb-stick");
+    let output = run(&["pack", "--model", model().to_str().unwrap(), "--stick", stick.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mut names: Vec<String> =
+        fs::read_dir(&stick).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    let bundle_name = format!("{}.stove", model().file_stem().unwrap().to_string_lossy());
+    assert_eq!(names, ["README.txt".to_string(), bundle_name.clone()]);
+    let readme = fs::read_to_string(stick.join("README.txt")).unwrap();
+    assert!(readme.contains(&format!("double-click {bundle_name}")), "{readme}");
+    let verified = run(&["verify", stick.join(&bundle_name).to_str().unwrap()]);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
+
+    // A system asked for without its engine: refused before anything is written, naming how to build it.
+    let other = scratch().join("usb-windows");
+    let model = model();
+    let args = ["pack", "--model", model.to_str().unwrap(), "--stick", other.to_str().unwrap()];
+    let refused = run(&[&args[..], &["--systems", "windows-x86_64"]].concat());
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("`scripts/build-engine windows`"), "{}", stderr(&refused));
+    assert!(!other.exists() || fs::read_dir(&other).unwrap().next().is_none(), "nothing written");
+
+    // A second engine for the bundle's own system: one per system.
+    let engine = scratch().join("usb-engine/stove-engine");
+    fs::create_dir_all(engine.parent().unwrap()).unwrap();
+    assert!(run(&["pack", "--engine-only", "-o", engine.to_str().unwrap()]).status.success());
+    let twice = run(&[&args[..], &["--stick-engine", engine.to_str().unwrap()]].concat());
+    assert!(stderr(&twice).contains("a second engine for linux-x86_64"), "{}", stderr(&twice));
+}
+
+#[test]
 fn a_truncated_copy_fails_clearly_instead_of_crashing() {
     let bytes = fs::read(bundle()).unwrap();
     for (name, keep) in [("half", bytes.len() / 2), ("tail", bytes.len() - 10), ("head", 12 << 20)] {

@@ -23,6 +23,7 @@ use crate::bundle::{
 use crate::signing;
 
 mod engine;
+mod stick;
 pub use engine::EngineSource;
 
 /// Set by Ctrl-C or SIGTERM while packing: the copy stops and the temporary file is removed.
@@ -84,19 +85,28 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
         engine.files.retain(|file| !file.is_for_gpu_only());
     }
     let target = engine.target.clone();
+    let output = match (&args.stick, &args.output) {
+        (Some(dir), _) => {
+            stick::check(dir, args, run, &engine)?;
+            stick::bundle_path(dir, run)?
+        }
+        (None, Some(output)) => output.clone(),
+        (None, None) => bail!("give the file to write with -o OUT (or a folder with --stick DIR)"),
+    };
+    let args = &crate::cli::PackArgs { output: Some(output.clone()), ..args.clone() };
     if args.engine_only {
         if run.model.is_some() {
             bail!("--engine-only writes no model; leave out --model");
         }
-        let size = pack_engine_only(&engine, &args.output)?;
+        let size = pack_engine_only(&engine, &output)?;
         println!(
             "wrote the {} engine ({} files) to {} ({})",
             engine.target,
             engine.files.len(),
-            args.output.display(),
+            output.display(),
             crate::hardware::human_bytes(size)
         );
-        warn_without_exe(&target, &args.output);
+        warn_without_exe(&target, &output);
         return Ok(());
     }
     let Some(model) = &run.model else {
@@ -107,7 +117,7 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
     let chat_template = args.chat_template.as_deref().map(read_chat_template).transpose()?;
     let packed = pack(&PackOptions {
         model: model.clone(),
-        out: args.output.clone(),
+        out: output.clone(),
         name: args.name.clone(),
         engine,
         web: args.web.clone(),
@@ -122,17 +132,20 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
         manifest.model.architecture,
         manifest.model.quantization,
         crate::hardware::human_bytes(manifest.model.size),
-        args.output.display(),
+        output.display(),
         crate::hardware::human_bytes(packed.size)
     );
-    warn_without_exe(&target, &args.output);
+    warn_without_exe(&target, &output);
+    if let Some(dir) = &args.stick {
+        return stick::finish(dir, args, &target, &output);
+    }
     if packed.size > FAT32_LIMIT {
         eprintln!(
             "warning: {} is over 4 GiB. It will not fit on a FAT32 USB stick (format it as exFAT), and Windows \
              will not run an executable this large: there, copy a bare stove engine beside it and start \
              `stove --model {}`",
-            args.output.display(),
-            args.output.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            output.display(),
+            output.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
         );
     }
     Ok(())

@@ -1,0 +1,176 @@
+//! `stove pack --stick DIR`: one USB stick for every computer. The model is carried once, in the bundle for the
+//! packing engine's system. Each other system gets an engine-only file that serves that bundle from beside it
+//! (an engine with no model serves the one model in its folder), and `README.txt` tells whoever finds the stick
+//! which file to start. FAT32 cannot hold a file over 4 GiB: that is checked before gigabytes are written.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::engine::EngineSource;
+use super::{pack_engine_only, FAT32_LIMIT};
+use crate::cli::{PackArgs, RunArgs};
+
+/// A system a stick can start on: its name, the Rust targets of its engines, the engine file's name on the
+/// stick, and how to build that engine.
+struct System {
+    name: &'static str,
+    target_prefix: &'static str,
+    file: &'static str,
+    how: &'static str,
+}
+
+const SYSTEMS: &[System] = &[
+    System {
+        name: "linux-x86_64",
+        target_prefix: "x86_64-unknown-linux",
+        file: "stove-linux-x86_64",
+        how: "this stove on a Linux x86-64 machine",
+    },
+    System {
+        name: "linux-aarch64",
+        target_prefix: "aarch64-unknown-linux",
+        file: "stove-linux-arm64",
+        how: "scripts/build-engine aarch64",
+    },
+    System {
+        name: "windows-x86_64",
+        target_prefix: "x86_64-pc-windows",
+        file: "stove.exe",
+        how: "scripts/build-engine windows",
+    },
+];
+
+fn system_of(target: &str) -> Option<&'static System> {
+    SYSTEMS.iter().find(|s| target.starts_with(s.target_prefix))
+}
+
+fn named(name: &str) -> Result<&'static System> {
+    SYSTEMS.iter().find(|s| s.name == name).with_context(|| {
+        let known: Vec<&str> = SYSTEMS.iter().map(|s| s.name).collect();
+        format!("--systems: unknown system {name:?}; stove knows {}", known.join(", "))
+    })
+}
+
+/// What goes on the stick: the bundle's system, and each other system with the engine file that serves it.
+fn plan(args: &PackArgs, bundle_target: &str) -> Result<(&'static System, Vec<(&'static System, PathBuf)>)> {
+    let bundle_system = system_of(bundle_target)
+        .with_context(|| format!("the packing engine is for {bundle_target}, which a stick does not know"))?;
+    let mut engines: Vec<(&'static System, PathBuf)> = Vec::new();
+    for path in &args.stick_engine {
+        let target = EngineSource::from_file(path)?.target;
+        let system = system_of(&target)
+            .with_context(|| format!("{} is an engine for {target}, unknown here", path.display()))?;
+        if system.name == bundle_system.name || engines.iter().any(|(s, _)| s.name == system.name) {
+            bail!("{} is a second engine for {}; give one per system", path.display(), system.name);
+        }
+        engines.push((system, path.clone()));
+    }
+    for name in &args.systems {
+        let system = named(name)?;
+        if system.name != bundle_system.name && !engines.iter().any(|(s, _)| s.name == system.name) {
+            bail!(
+                "--systems asks for {name}, but no engine for it was given: build one with `{}` and add \
+                 --stick-engine FILE",
+                system.how
+            );
+        }
+    }
+    if !args.systems.is_empty() {
+        engines.retain(|(s, _)| args.systems.iter().any(|n| n == s.name));
+    }
+    Ok((bundle_system, engines))
+}
+
+/// Checks everything before anything is written: a model, the systems and engines, and the stick's file system.
+pub fn check(dir: &Path, args: &PackArgs, run: &RunArgs, engine: &EngineSource) -> Result<()> {
+    let Some(model) = &run.model else { bail!("--stick needs the model to carry: add --model MODEL.gguf") };
+    plan(args, &engine.target)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot make the folder {}", dir.display()))?;
+    let model_size = std::fs::metadata(model).with_context(|| format!("cannot read {}", model.display()))?.len();
+    let bundle_size = model_size + engine.files_len() + engine.launcher_len;
+    if bundle_size > FAT32_LIMIT && is_fat32(dir) {
+        bail!(
+            "{} is on a FAT32 file system, which cannot hold a file over 4 GiB, and the bundle will be {}: \
+             format the stick as exFAT (every system reads it) and pack again",
+            dir.display(),
+            crate::hardware::human_bytes(bundle_size)
+        );
+    }
+    Ok(())
+}
+
+/// Where the bundle goes: the model's file name, as `.stove`.
+pub fn bundle_path(dir: &Path, run: &RunArgs) -> Result<PathBuf> {
+    let model = run.model.as_ref().context("--stick needs --model")?;
+    let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    Ok(dir.join(format!("{stem}.stove")))
+}
+
+/// After the bundle is written: the other systems' engine files and README.txt.
+pub fn finish(dir: &Path, args: &PackArgs, bundle_target: &str, bundle: &Path) -> Result<()> {
+    let (bundle_system, engines) = plan(args, bundle_target)?;
+    for (system, path) in &engines {
+        // Written as engine-only files even when a bundle was given: the model travels once.
+        let out = dir.join(system.file);
+        pack_engine_only(&EngineSource::from_file(path)?, &out)?;
+        println!("wrote the {} engine to {}", system.name, out.display());
+    }
+    let readme = dir.join("README.txt");
+    std::fs::write(&readme, readme_text(bundle, bundle_system, &engines))
+        .with_context(|| format!("cannot write {}", readme.display()))?;
+    println!("wrote {}", readme.display());
+    Ok(())
+}
+
+fn readme_text(bundle: &Path, bundle_system: &System, engines: &[(&'static System, PathBuf)]) -> String {
+    let name = bundle.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let describe = |system: &System| match system.name {
+        "linux-x86_64" => "Linux on an ordinary PC (x86-64)",
+        "linux-aarch64" => "Linux on ARM (Raspberry Pi 4 or 5, ARM laptops and servers)",
+        _ => "Windows (x86-64)",
+    };
+    let mut text = format!(
+        "This stick holds an AI model and stove, which runs it on this computer: no installation, no network,\n\
+         nothing written to the computer or to this stick. A chat page opens in the web browser.\n\n\
+         Which file to start:\n\n  {:<60} double-click {name}\n{:<62}(or run ./{name} in a terminal)\n",
+        describe(bundle_system),
+        ""
+    );
+    for (system, _) in engines {
+        let start = if system.name.starts_with("windows") {
+            format!("double-click {}", system.file)
+        } else {
+            format!("run ./{}", system.file)
+        };
+        text.push_str(&format!("  {:<60} {start} (it serves {name} beside it)\n", describe(system)));
+    }
+    text.push_str(&format!(
+        "\nIf the browser does not open, open http://127.0.0.1:8080/ yourself. To check that nothing on the stick\n\
+         was changed: ./{name} verify\n"
+    ));
+    text
+}
+
+/// Whether `dir` is on FAT32 (or FAT16), which caps files at 4 GiB. Only Linux can tell here; elsewhere the
+/// warning after packing says it.
+fn is_fat32(dir: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const MSDOS_SUPER_MAGIC: i64 = 0x4d44;
+        let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return false };
+        let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a statfs struct the call fills.
+        if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
+            return false;
+        }
+        #[allow(clippy::unnecessary_cast)]
+        let kind = stat.f_type as i64;
+        kind == MSDOS_SUPER_MAGIC
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        false
+    }
+}
