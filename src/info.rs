@@ -14,7 +14,7 @@ use crate::llama::chat::ChatTemplates;
 
 pub fn run(args: &InfoArgs, run: &crate::cli::RunArgs) -> Result<()> {
     let (gpu, template_file) = (run.gpu, run.chat_template_file.as_deref());
-    let kv_cache = KvCache { type_k: run.cache_type_k, type_v: run.cache_type_v, flash_attn: run.flash_attn };
+    let kv_cache = crate::settings::kv_cache(run)?;
     hardware::backends::load(gpu).map_err(anyhow::Error::msg)?;
     let path = match &args.file {
         Some(path) => path.clone(),

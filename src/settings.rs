@@ -44,14 +44,7 @@ impl Settings {
                 run.host
             );
         }
-        let kv_cache = KvCache { type_k: run.cache_type_k, type_v: run.cache_type_v, flash_attn: run.flash_attn };
-        if kv_cache.type_v.is_quantized() && kv_cache.flash_attn == FlashAttention::Off {
-            bail!(
-                "--cache-type-v {} needs flash attention, which --flash-attn off turns off; \
-                 leave --flash-attn at auto or use --cache-type-v f16",
-                run.cache_type_v.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
-            );
-        }
+        let kv_cache = kv_cache(run)?;
         Ok(Settings {
             host: run.host,
             port: run.port,
@@ -86,6 +79,19 @@ impl Settings {
             verbose: run.verbose,
         })
     }
+}
+
+/// The KV cache `run` asks for; a quantized value cache needs flash attention (`stove info` counts it too).
+pub fn kv_cache(run: &RunArgs) -> Result<KvCache> {
+    let kv_cache = KvCache { type_k: run.cache_type_k, type_v: run.cache_type_v, flash_attn: run.flash_attn };
+    if kv_cache.type_v.is_quantized() && kv_cache.flash_attn == FlashAttention::Off {
+        bail!(
+            "--cache-type-v {} needs flash attention, which --flash-attn off turns off; \
+             leave --flash-attn at auto or use --cache-type-v f16",
+            run.cache_type_v.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+        );
+    }
+    Ok(kv_cache)
 }
 
 /// The API key from `--api-key`, `STOVE_API_KEY` or `--api-key-file`.

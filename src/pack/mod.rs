@@ -85,11 +85,12 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
         engine.files.retain(|file| !file.is_for_gpu_only());
     }
     let target = engine.target.clone();
+    let stick_plan = match &args.stick {
+        Some(dir) => Some(stick::check(dir, args, run, &engine)?),
+        None => None,
+    };
     let output = match (&args.stick, &args.output) {
-        (Some(dir), _) => {
-            stick::check(dir, args, run, &engine)?;
-            stick::bundle_path(dir, run)?
-        }
+        (Some(dir), _) => stick::bundle_path(dir, run)?,
         (None, Some(output)) => output.clone(),
         (None, None) => bail!("give the file to write with -o OUT (or a folder with --stick DIR)"),
     };
@@ -136,8 +137,8 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
         crate::hardware::human_bytes(packed.size)
     );
     warn_without_exe(&target, &output);
-    if let Some(dir) = &args.stick {
-        return stick::finish(dir, args, &target, &output);
+    if let (Some(dir), Some(plan)) = (&args.stick, &stick_plan) {
+        return stick::finish(dir, plan, &output);
     }
     if packed.size > FAT32_LIMIT {
         eprintln!(

@@ -52,19 +52,25 @@ fn named(name: &str) -> Result<&'static System> {
     })
 }
 
-/// What goes on the stick: the bundle's system, and each other system with the engine file that serves it.
-fn plan(args: &PackArgs, bundle_target: &str) -> Result<(&'static System, Vec<(&'static System, PathBuf)>)> {
+/// What goes on the stick: the bundle's system, and each other system with the engine that serves it.
+pub struct Plan {
+    bundle_system: &'static System,
+    engines: Vec<(&'static System, EngineSource)>,
+}
+
+fn plan(args: &PackArgs, bundle_target: &str) -> Result<Plan> {
     let bundle_system = system_of(bundle_target)
         .with_context(|| format!("the packing engine is for {bundle_target}, which a stick does not know"))?;
-    let mut engines: Vec<(&'static System, PathBuf)> = Vec::new();
+    let mut engines: Vec<(&'static System, EngineSource)> = Vec::new();
     for path in &args.stick_engine {
-        let target = EngineSource::from_file(path)?.target;
+        let engine = EngineSource::from_file(path)?;
+        let target = engine.target.clone();
         let system = system_of(&target)
             .with_context(|| format!("{} is an engine for {target}, unknown here", path.display()))?;
         if system.name == bundle_system.name || engines.iter().any(|(s, _)| s.name == system.name) {
             bail!("{} is a second engine for {}; give one per system", path.display(), system.name);
         }
-        engines.push((system, path.clone()));
+        engines.push((system, engine));
     }
     for name in &args.systems {
         let system = named(name)?;
@@ -79,13 +85,14 @@ fn plan(args: &PackArgs, bundle_target: &str) -> Result<(&'static System, Vec<(&
     if !args.systems.is_empty() {
         engines.retain(|(s, _)| args.systems.iter().any(|n| n == s.name));
     }
-    Ok((bundle_system, engines))
+    Ok(Plan { bundle_system, engines })
 }
 
-/// Checks everything before anything is written: a model, the systems and engines, and the stick's file system.
-pub fn check(dir: &Path, args: &PackArgs, run: &RunArgs, engine: &EngineSource) -> Result<()> {
+/// Checks everything before anything is written: a model, the systems and engines, and the stick's file system;
+/// returns what [`finish`] writes.
+pub fn check(dir: &Path, args: &PackArgs, run: &RunArgs, engine: &EngineSource) -> Result<Plan> {
     let Some(model) = &run.model else { bail!("--stick needs the model to carry: add --model MODEL.gguf") };
-    plan(args, &engine.target)?;
+    let plan = plan(args, &engine.target)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot make the folder {}", dir.display()))?;
     let model_size = std::fs::metadata(model).with_context(|| format!("cannot read {}", model.display()))?.len();
     let bundle_size = model_size + engine.files_len() + engine.launcher_len;
@@ -97,7 +104,7 @@ pub fn check(dir: &Path, args: &PackArgs, run: &RunArgs, engine: &EngineSource) 
             crate::hardware::human_bytes(bundle_size)
         );
     }
-    Ok(())
+    Ok(plan)
 }
 
 /// Where the bundle goes: the model's file name, as `.stove`.
@@ -108,22 +115,22 @@ pub fn bundle_path(dir: &Path, run: &RunArgs) -> Result<PathBuf> {
 }
 
 /// After the bundle is written: the other systems' engine files and README.txt.
-pub fn finish(dir: &Path, args: &PackArgs, bundle_target: &str, bundle: &Path) -> Result<()> {
-    let (bundle_system, engines) = plan(args, bundle_target)?;
-    for (system, path) in &engines {
+pub fn finish(dir: &Path, plan: &Plan, bundle: &Path) -> Result<()> {
+    for (system, engine) in &plan.engines {
         // Written as engine-only files even when a bundle was given: the model travels once.
         let out = dir.join(system.file);
-        pack_engine_only(&EngineSource::from_file(path)?, &out)?;
+        pack_engine_only(engine, &out)?;
         println!("wrote the {} engine to {}", system.name, out.display());
     }
     let readme = dir.join("README.txt");
-    std::fs::write(&readme, readme_text(bundle, bundle_system, &engines))
+    let systems: Vec<&System> = plan.engines.iter().map(|(system, _)| *system).collect();
+    std::fs::write(&readme, readme_text(bundle, plan.bundle_system, &systems))
         .with_context(|| format!("cannot write {}", readme.display()))?;
     println!("wrote {}", readme.display());
     Ok(())
 }
 
-fn readme_text(bundle: &Path, bundle_system: &System, engines: &[(&'static System, PathBuf)]) -> String {
+fn readme_text(bundle: &Path, bundle_system: &System, others: &[&System]) -> String {
     let name = bundle.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let describe = |system: &System| match system.name {
         "linux-x86_64" => "Linux on an ordinary PC (x86-64)",
@@ -137,7 +144,7 @@ fn readme_text(bundle: &Path, bundle_system: &System, engines: &[(&'static Syste
         describe(bundle_system),
         ""
     );
-    for (system, _) in engines {
+    for system in others {
         let start = if system.name.starts_with("windows") {
             format!("double-click {}", system.file)
         } else {
