@@ -1,6 +1,6 @@
 //! Compile-time half of the bundle: copies the chat page from `web/` into the build, with a gzip copy of each
 //! text file so the server can send it compressed without compressing per request, records build info, and
-//! compiles the C++ shim over llama.cpp's chat layer (`src/llama/chat_shim.cpp`).
+//! compiles the C++ shims over llama.cpp's chat layer and n-gram drafter (`src/llama/*_shim.cpp`).
 
 use std::fs;
 use std::io::Write;
@@ -45,22 +45,25 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         println!("cargo:rustc-env=STOVE_BUILD_GPU_RUNTIME={}", cuda_runtime_libraries());
     }
-    chat_shim();
+    llama_shims();
 }
 
 /// llama.cpp's chat layer (Jinja templates, tool-call grammars, the answer parser) is C++ in `libllama-common`,
-/// which llama-cpp-2 does not wrap; `src/llama/chat_shim.cpp` gives it a JSON-in, JSON-out C face. It is
+/// which llama-cpp-2 does not wrap; `src/llama/chat_shim.cpp` gives it a JSON-in, JSON-out C face, and
+/// `speculative_shim.cpp` gives the n-gram drafter (`common/speculative.h`) a plain C one. Both are
 /// compiled against the headers of the same llama.cpp that llama-cpp-sys-2 builds (its crate folder, which
-/// that crate does not export, hence the search; `STOVE_LLAMA_CPP_SOURCE` names it directly) and resolves
+/// that crate does not export, hence the search; `STOVE_LLAMA_CPP_SOURCE` names it directly) and resolve
 /// against the `libllama-common` the engine already loads.
-fn chat_shim() {
+fn llama_shims() {
     println!("cargo:rerun-if-changed=src/llama/chat_shim.cpp");
+    println!("cargo:rerun-if-changed=src/llama/speculative_shim.cpp");
     println!("cargo:rerun-if-env-changed=STOVE_LLAMA_CPP_SOURCE");
     let source = llama_cpp_source();
     cc::Build::new()
         .cpp(true)
         .std("c++17")
         .file("src/llama/chat_shim.cpp")
+        .file("src/llama/speculative_shim.cpp")
         .include(source.join("common"))
         .include(source.join("include"))
         .include(source.join("ggml/include"))
@@ -69,7 +72,7 @@ fn chat_shim() {
         .warnings(false)
         // The engine links the C++ runtime statically (.cargo/config.toml); the default would add libstdc++.so.
         .cpp_link_stdlib(None)
-        .compile("stove_chat_shim");
+        .compile("stove_llama_shims");
 }
 
 /// The llama.cpp tree vendored by the pinned llama-cpp-sys-2 (Cargo.toml), in Cargo's registry sources.

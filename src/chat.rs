@@ -65,7 +65,11 @@ pub fn run(source: &ModelSource, settings: &Settings, args: &ChatArgs) -> Result
         writeln!(out)?;
         if interactive {
             let speed = f64::from(finish.completion_tokens) * 1000.0 / finish.generation_ms.max(1.0);
-            eprintln!("({} tokens, {speed:.0} tokens/s)", finish.completion_tokens);
+            let guessed = match finish.drafted_tokens {
+                0 => String::new(),
+                drafted => format!(", {} of {drafted} guessed tokens kept", finish.accepted_tokens),
+            };
+            eprintln!("({} tokens, {speed:.0} tokens/s{guessed})", finish.completion_tokens);
         }
         history.push(ChatMessage { role: "assistant".into(), content: text });
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::engine::{CacheType, FlashAttention};
+use crate::engine::{CacheType, FlashAttention, SpecMode};
 pub use crate::hardware::backends::GpuChoice;
 
 #[derive(Debug, Parser)]
@@ -103,6 +103,22 @@ pub struct RunArgs {
     /// Flash attention: auto (where the model and device support it), on or off
     #[arg(long, global = true, value_enum, default_value_t = FlashAttention::Auto, value_name = "WHEN")]
     pub flash_attn: FlashAttention,
+    /// Speculative decoding: ngram guesses the next tokens from earlier in the conversation and keeps those the
+    /// model agrees with (same answers, faster when the answer repeats its input); auto picks what this file
+    /// can do; none turns it off
+    #[arg(long, global = true, value_enum, default_value_t = SpecMode::Auto, value_name = "KIND")]
+    pub spec: SpecMode,
+    /// Most tokens guessed at once (0 turns speculation off)
+    #[arg(long, global = true, default_value_t = crate::engine::DEFAULT_DRAFT_MAX, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub draft_max: u16,
+    /// Guesses shorter than this are not tried
+    #[arg(long, global = true, default_value_t = 0, value_name = "N")]
+    pub draft_min: u16,
+    /// How many of the latest tokens must appear earlier in the conversation for an n-gram guess
+    #[arg(long, global = true, default_value_t = crate::engine::DEFAULT_NGRAM, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub spec_ngram: u16,
     /// Read the weights into memory instead of mapping them from the file
     #[arg(long, global = true)]
     pub no_mmap: bool,

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bundle::ModelSource;
 use crate::cli::{GpuChoice, RunArgs};
-use crate::engine::{EngineConfig, FlashAttention, KvCache, SamplingParams, TemplateOrigin};
+use crate::engine::{EngineConfig, FlashAttention, KvCache, SamplingParams, SpecConfig, TemplateOrigin};
 use clap::ValueEnum;
 
 /// A checked run configuration. Fields are final values: defaults resolved, files read.
@@ -65,6 +65,7 @@ impl Settings {
                 system_prompt: run.system_prompt.clone(),
                 chat_template: chat_template(run, source)?,
                 kv_cache,
+                speculation: speculation(run)?,
             },
             sampling: SamplingParams {
                 temperature: run.temperature,
@@ -92,6 +93,18 @@ pub fn kv_cache(run: &RunArgs) -> Result<KvCache> {
         );
     }
     Ok(kv_cache)
+}
+
+/// Speculative decoding as `run` asks for it.
+fn speculation(run: &RunArgs) -> Result<SpecConfig> {
+    if run.draft_min > run.draft_max {
+        bail!(
+            "--draft-min {} is more than --draft-max {}: no guess could be tried; lower --draft-min",
+            run.draft_min,
+            run.draft_max
+        );
+    }
+    Ok(SpecConfig { mode: run.spec, draft_max: run.draft_max, draft_min: run.draft_min, ngram: run.spec_ngram })
 }
 
 /// The API key from `--api-key`, `STOVE_API_KEY` or `--api-key-file`.

@@ -102,9 +102,15 @@ fn a_question_streams_an_answer_that_can_be_regenerated_and_edited() {
     // The model panel: what runs, on what, and how much of the context this conversation uses.
     page.click("#toggle-panel");
     let facts = page.text("document.getElementById('model-facts').innerText");
-    for expected in
-        ["llama", "Q4_1", "134.5 M", "1,024 tokens per conversation", "1 thread", "all 30 layers on the CPU"]
-    {
+    for expected in [
+        "llama",
+        "Q4_1",
+        "134.5 M",
+        "1,024 tokens per conversation",
+        "1 thread",
+        "all 30 layers on the CPU",
+        "n-gram: up to 16 tokens guessed",
+    ] {
         assert!(facts.contains(expected), "{expected:?} missing from the model panel:\n{facts}");
     }
     let used = page.text("document.getElementById('context-used').textContent");

@@ -19,6 +19,9 @@ pub struct Metrics {
     /// Microseconds spent reading prompts and generating, summed over requests.
     pub prompt_micros: AtomicU64,
     pub generation_micros: AtomicU64,
+    /// Tokens speculation guessed and decoded, and those the model agreed with (each saved a decode).
+    pub drafted_tokens: AtomicU64,
+    pub accepted_tokens: AtomicU64,
     /// llama.cpp decode calls and tokens, and the time they took: one call serves every busy slot.
     pub decode_calls: AtomicU64,
     pub decode_tokens: AtomicU64,

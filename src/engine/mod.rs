@@ -14,9 +14,11 @@ pub mod metrics;
 mod prompt;
 mod sampling;
 mod slot;
+mod speculation;
 pub mod text;
 mod worker;
 pub use kv_cache::{CacheType, FlashAttention, KvCache};
+pub use speculation::{SpecConfig, SpecMode, DEFAULT_DRAFT_MAX, DEFAULT_NGRAM};
 pub use worker::{DEFAULT_CONTEXT, DEFAULT_PARALLEL};
 
 use std::fs::File;
@@ -64,6 +66,8 @@ pub struct EngineConfig {
     pub chat_template: Option<(String, TemplateOrigin)>,
     /// The KV cache's number formats and flash attention.
     pub kv_cache: KvCache,
+    /// Speculative decoding.
+    pub speculation: SpecConfig,
 }
 
 /// What the page, `/v1/models` and `stove info` show about the model.
@@ -100,6 +104,8 @@ pub struct Runtime {
     pub offload: hardware::offload::OffloadPlan,
     /// The KV cache's number formats and the flash attention setting it was made with.
     pub kv_cache: KvCache,
+    /// The speculation that runs (`mode` none when the model cannot have it).
+    pub speculation: SpecConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +231,9 @@ pub struct Finish {
     pub generation_ms: f64,
     /// The stop string that ended the answer, when one did.
     pub stop_sequence: Option<String>,
+    /// Tokens speculation guessed and decoded, and those of them the model agreed with.
+    pub drafted_tokens: u32,
+    pub accepted_tokens: u32,
 }
 
 /// One token's text and log-probability.

@@ -15,6 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
 use super::prompt::Prepared;
+use super::speculation::Speculation;
 use super::text::{Scan, StopMatcher, Utf8Decoder};
 use super::{EngineError, Event, Finish, FinishReason, Job, TokenChoice, TokenLogprob};
 
@@ -51,7 +52,12 @@ pub struct Generation {
     prompt_ms: Option<f64>,
     /// The token sampled last, decoded at the next step.
     next: Option<LlamaToken>,
-    /// Where this slot's logits are in the batch being decoded.
+    /// Tokens guessed to follow `next`, decoded with it (`speculation.rs`).
+    draft: Vec<LlamaToken>,
+    /// Guessed tokens decoded, and those the model agreed with.
+    drafted: u32,
+    accepted: u32,
+    /// Where this slot's logits are in the batch being decoded (then those of each guessed token follow).
     logits_at: Option<i32>,
     /// Whether this slot has tokens in the batch being decoded.
     in_batch: bool,
@@ -80,7 +86,14 @@ impl Slot {
     }
 
     /// Starts `job` here, keeping the cache of the prompt's first tokens when this slot holds them.
-    pub fn start(&mut self, job: Job, model: &LlamaModel, ctx: &mut LlamaContext, context_size: u32) {
+    pub fn start(
+        &mut self,
+        job: Job,
+        model: &LlamaModel,
+        ctx: &mut LlamaContext,
+        context_size: u32,
+        speculation: Option<&mut Speculation>,
+    ) {
         let Job { request, prepared, events } = job;
         let Prepared { tokens, grammar, stops, keep_special, .. } = prepared;
         // At least the prompt's last token is decoded again: its logits give the first answer token.
@@ -92,6 +105,9 @@ impl Slot {
         }
         self.cached.truncate(keep);
 
+        if let Some(speculation) = speculation {
+            speculation.begin(self.seq, &tokens);
+        }
         let sampler = request.sampling.sampler(model.n_vocab(), grammar);
         let prompt_tokens = tokens.len() as u32;
         let room = context_size - prompt_tokens;
@@ -112,19 +128,41 @@ impl Slot {
             started: Instant::now(),
             prompt_ms: None,
             next: None,
+            draft: Vec::new(),
+            drafted: 0,
+            accepted: 0,
             logits_at: None,
             in_batch: false,
         });
     }
 
-    /// Adds this slot's sampled token to the batch, or as much of its prompt as `room` allows.
-    pub fn add_to_batch(&mut self, batch: &mut LlamaBatch, room: usize) -> Result<(), EngineError> {
+    /// Adds this slot's sampled token to the batch (with the tokens `speculation` guesses follow it), or as much
+    /// of its prompt as `room` allows.
+    pub fn add_to_batch(
+        &mut self,
+        batch: &mut LlamaBatch,
+        room: usize,
+        context_size: u32,
+        speculation: Option<&mut Speculation>,
+    ) -> Result<(), EngineError> {
         let Some(generation) = &mut self.generation else { return Ok(()) };
         let add_error = |e: llama_cpp_2::llama_batch::BatchAddError| EngineError::Inference(e.to_string());
         if let Some(token) = generation.next.take() {
+            // Guesses fit in the batch, in the conversation's context, and in what the answer may still take.
+            let left = generation.max_tokens.saturating_sub(generation.completion_tokens + 1);
+            let fits = (context_size as usize).saturating_sub(self.cached.len() + 1);
+            let most = room.saturating_sub(1).min(fits).min(left as usize);
+            generation.draft = match speculation {
+                Some(speculation) if most > 0 => speculation.draft(self.seq, &self.cached, token, most),
+                _ => Vec::new(),
+            };
             batch.add(token, self.cached.len() as i32, &[self.seq], true).map_err(add_error)?;
             self.cached.push(token);
             generation.logits_at = Some(batch.n_tokens() - 1);
+            for &guess in &generation.draft {
+                batch.add(guess, self.cached.len() as i32, &[self.seq], true).map_err(add_error)?;
+                self.cached.push(guess);
+            }
             generation.in_batch = true;
             return Ok(());
         }
@@ -167,22 +205,67 @@ impl Slot {
         self.generation.as_ref().is_some_and(|g| g.events.is_closed())
     }
 
-    /// After a decode: samples the next token where this slot's logits are, and sends its text.
+    /// After a decode: samples the next token where this slot's logits are and sends its text. With guessed
+    /// tokens in the batch it goes on sampling at each guess's position for as long as the sampled token is the
+    /// guess, then drops the guesses it did not reach from the cache.
     pub fn after_decode(
         &mut self,
         model: &LlamaModel,
-        ctx: &LlamaContext,
+        ctx: &mut LlamaContext,
         context_size: u32,
         metrics: &Metrics,
+        speculation: Option<&mut Speculation>,
     ) -> Outcome {
         let Some(generation) = &mut self.generation else { return Outcome::Continue };
         let Some(at) = generation.logits_at.take() else { return Outcome::Continue };
-        let vocab = model.vocab();
         if generation.prompt_ms.is_none() {
             generation.prompt_ms = Some(generation.started.elapsed().as_secs_f64() * 1000.0);
             generation.started = Instant::now();
         }
-        // `sample` also accepts the token into the chain (and the grammar).
+        let draft = std::mem::take(&mut generation.draft);
+        generation.drafted += draft.len() as u32;
+        // The cache holds the decoded token and every guess after it.
+        let decoded = self.cached.len() - draft.len();
+        let mut accepted = 0;
+        let outcome = loop {
+            let outcome = self.take_token(model, ctx, at + accepted as i32, decoded + accepted, context_size, metrics);
+            let Some(generation) = self.generation.as_mut() else { break outcome };
+            if !matches!(outcome, Outcome::Continue)
+                || accepted == draft.len()
+                || generation.next != Some(draft[accepted])
+            {
+                break outcome;
+            }
+            // The sampled token is the guess, which the cache already holds: its logits give the next one.
+            generation.accepted += 1;
+            accepted += 1;
+        };
+        if !draft.is_empty() {
+            let keep = decoded + accepted;
+            self.cached.truncate(keep);
+            // Speculation runs only on models whose cache can drop its end (worker.rs checks).
+            let _ = ctx.kv_cache_seq_rm(self.seq, Some(keep as u32), None);
+            if let Some(speculation) = speculation {
+                speculation.accept(self.seq, accepted);
+            }
+        }
+        outcome
+    }
+
+    /// Samples a token from the logits at `at` (accepting it into the sampler and its grammar), sends its text,
+    /// and either ends the answer or makes it the next token to decode. `held`: the tokens the cache holds
+    /// before it.
+    fn take_token(
+        &mut self,
+        model: &LlamaModel,
+        ctx: &LlamaContext,
+        at: i32,
+        held: usize,
+        context_size: u32,
+        metrics: &Metrics,
+    ) -> Outcome {
+        let generation = self.generation.as_mut().expect("running");
+        let vocab = model.vocab();
         let token = generation.sampler.sample(ctx, at);
         if vocab.is_eog(token) {
             return self.finish(FinishReason::Stop, metrics);
@@ -208,9 +291,8 @@ impl Slot {
                 return self.finish(FinishReason::Stop, metrics);
             }
         }
-        let generation = self.generation.as_mut().expect("running");
         // The token can only be decoded while the conversation's context has room for it.
-        if generation.completion_tokens >= generation.max_tokens || self.cached.len() as u32 >= context_size {
+        if generation.completion_tokens >= generation.max_tokens || held as u32 >= context_size {
             // What was held back as a possible stop string, and any unfinished character, belong to the answer.
             let rest = generation.stops.finish() + &generation.decoder.finish();
             if !generation.send_text(rest) {
@@ -236,6 +318,8 @@ impl Slot {
             prompt_ms: generation.prompt_ms.unwrap_or_default(),
             generation_ms: generation.started.elapsed().as_secs_f64() * 1000.0,
             stop_sequence: generation.stopped_by.take(),
+            drafted_tokens: generation.drafted,
+            accepted_tokens: generation.accepted,
         };
         Metrics::add(&metrics.finished, 1);
         Metrics::add(&metrics.prompt_tokens, u64::from(finish.prompt_tokens));
@@ -243,6 +327,8 @@ impl Slot {
         Metrics::add(&metrics.completion_tokens, u64::from(finish.completion_tokens));
         Metrics::add(&metrics.prompt_micros, (finish.prompt_ms * 1000.0) as u64);
         Metrics::add(&metrics.generation_micros, (finish.generation_ms * 1000.0) as u64);
+        Metrics::add(&metrics.drafted_tokens, u64::from(finish.drafted_tokens));
+        Metrics::add(&metrics.accepted_tokens, u64::from(finish.accepted_tokens));
         let _ = generation.events.send(Event::Done(finish));
         Outcome::Finished
     }

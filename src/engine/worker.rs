@@ -17,6 +17,7 @@ use super::embed::EmbedQueue;
 use super::metrics::Metrics;
 use super::prompt::{Prompter, Template};
 use super::slot::{Outcome, Slot};
+use super::speculation::{SpecMode, Speculation};
 use super::{init_backend, page_in, EngineConfig, EngineError, LoadState, Runtime, Status, Work};
 use crate::bundle::ModelSpan;
 use crate::gguf::ModelLayout;
@@ -106,6 +107,15 @@ impl Worker {
             system_prompt: config.system_prompt.clone(),
             context_size: slot_context,
         });
+        // Guesses the model rejects are dropped from the cache's end, which a recurrent model's cache cannot do.
+        let mut spec_config = config.speculation;
+        if spec_config.enabled() && (model.is_recurrent() || model.is_hybrid()) {
+            if spec_config.mode == SpecMode::Ngram {
+                eprintln!("speculation is off: this model's cache (recurrent) cannot drop rejected guesses");
+            }
+            spec_config.mode = SpecMode::None;
+        }
+        let speculation = Speculation::new(spec_config, parallel)?;
         let layers = model.n_layer();
         let gpu_layers = offload.layers.min(layers);
         self.status.set(LoadState::Ready(Runtime {
@@ -121,6 +131,7 @@ impl Worker {
             gpus,
             offload,
             kv_cache: config.kv_cache,
+            speculation: spec_config,
         }));
 
         let batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
@@ -133,6 +144,7 @@ impl Worker {
             slot_context,
             embedding: EmbedQueue::new(&model, &backend, slot_context, threads),
             metrics: &self.metrics,
+            speculation,
             step: 0,
         };
         scheduler.run(&queue);
@@ -166,6 +178,8 @@ struct Scheduler<'m> {
     /// Embedding requests, a piece of one per step.
     embedding: EmbedQueue<'m>,
     metrics: &'m Metrics,
+    /// Guesses tokens to decode together with each generating slot's next one (`--spec`).
+    speculation: Option<Speculation>,
     step: u64,
 }
 
@@ -199,7 +213,10 @@ impl Scheduler<'_> {
                 continue;
             }
             for slot in &mut self.slots {
-                if let Outcome::Cancelled = slot.after_decode(self.model, &self.ctx, self.slot_context, self.metrics) {
+                let speculation = self.speculation.as_mut();
+                let outcome =
+                    slot.after_decode(self.model, &mut self.ctx, self.slot_context, self.metrics, speculation);
+                if let Outcome::Cancelled = outcome {
                     slot.cancel(self.metrics);
                 }
             }
@@ -243,7 +260,7 @@ impl Scheduler<'_> {
                 .max_by_key(|s| (s.common_prefix(&job.prepared.tokens), std::cmp::Reverse(s.last_used)))
                 .expect("a free slot");
             slot.last_used = self.step;
-            slot.start(job, self.model, &mut self.ctx, self.slot_context);
+            slot.start(job, self.model, &mut self.ctx, self.slot_context, self.speculation.as_mut());
         }
         true
     }
@@ -259,7 +276,8 @@ impl Scheduler<'_> {
         order.sort_by_key(|&i| !self.slots[i].is_generating());
         for i in order {
             let room = capacity - self.batch.n_tokens() as usize;
-            if let Err(error) = self.slots[i].add_to_batch(&mut self.batch, room) {
+            let speculation = self.speculation.as_mut();
+            if let Err(error) = self.slots[i].add_to_batch(&mut self.batch, room, self.slot_context, speculation) {
                 self.slots[i].fail(error, &mut self.ctx);
             }
         }

@@ -118,7 +118,7 @@ pub fn metrics(state: &AppState) -> Response<Body> {
     };
     let decode_seconds = seconds(&m.decode_micros);
     let throughput = if decode_seconds > 0.0 { get(&m.decode_tokens) as f64 / decode_seconds } else { 0.0 };
-    let table: [(&str, &str, &str, f64); 21] = [
+    let table: [(&str, &str, &str, f64); 23] = [
         ("slots", "gauge", "Conversations the engine decodes at once.", f64::from(slots)),
         ("slots_busy", "gauge", "Slots generating now.", get(&m.busy_slots) as f64),
         ("requests_waiting", "gauge", "Requests queued for a free slot.", get(&m.waiting) as f64),
@@ -153,6 +153,18 @@ pub fn metrics(state: &AppState) -> Response<Body> {
             "counter",
             "Time finished requests spent generating.",
             seconds(&m.generation_micros),
+        ),
+        (
+            "draft_tokens_total",
+            "counter",
+            "Tokens speculation guessed and decoded for finished requests.",
+            get(&m.drafted_tokens) as f64,
+        ),
+        (
+            "draft_tokens_accepted_total",
+            "counter",
+            "Guessed tokens the model agreed with: each saved a decode.",
+            get(&m.accepted_tokens) as f64,
         ),
         (
             "decode_calls_total",

@@ -373,7 +373,8 @@ pub(super) fn usage(finish: &Finish) -> Value {
     })
 }
 
-/// Timings in llama-server's shape; `prompt_n` counts only the prompt tokens that were processed.
+/// Timings in llama-server's shape; `prompt_n` counts only the prompt tokens that were processed, `draft_n` the
+/// tokens speculation guessed and `draft_n_accepted` those the model kept.
 fn timings(finish: &Finish) -> Value {
     let per_second = |n: u32, ms: f64| if ms > 0.0 { f64::from(n) * 1000.0 / ms } else { 0.0 };
     let processed = finish.prompt_tokens - finish.cached_tokens;
@@ -385,6 +386,8 @@ fn timings(finish: &Finish) -> Value {
         "predicted_n": finish.completion_tokens,
         "predicted_ms": finish.generation_ms,
         "predicted_per_second": per_second(finish.completion_tokens, finish.generation_ms),
+        "draft_n": finish.drafted_tokens,
+        "draft_n_accepted": finish.accepted_tokens,
     })
 }
 

@@ -86,6 +86,7 @@ function showModel() {
     ],
     ["GPU", gpu],
     ["KV cache", `${r.kv_cache.type_k} keys, ${r.kv_cache.type_v} values · flash attention ${r.kv_cache.flash_attn}`],
+    ["Speculation", speculation(r.speculation)],
     ["Loaded in", `${formatNumber(r.load_seconds, 1)} s${r.mmap ? ", mapped from the file" : ""}`],
     ["Sandbox", state.info.sandbox ? state.info.sandbox.summary : "unknown"],
     ["stove", `${state.info.stove_version} (${state.info.stove_commit})`],
@@ -94,4 +95,10 @@ function showModel() {
     ...facts.flatMap(([term, value]) => [make("dt", { text: term }), make("dd", { text: value })]),
   );
   setStatus(`ready · ${model.quantization} · ${r.parallel} at once`);
+}
+
+/** What `--spec` runs, in words. */
+function speculation(spec) {
+  if (!spec || spec.mode === "none") return "off";
+  return `n-gram: up to ${spec.draft_max} tokens guessed when the last ${spec.ngram} appeared before`;
 }

@@ -15,6 +15,8 @@ function metaText(meta) {
   const parts = [];
   if (meta.completion_tokens !== undefined) parts.push(`${formatNumber(meta.completion_tokens)} tokens`);
   if (meta.tokens_per_second) parts.push(`${formatNumber(meta.tokens_per_second, 1)} tokens/s`);
+  // Speculation: guessed tokens the model agreed with came without a decode of their own.
+  if (meta.drafted) parts.push(`${formatNumber(meta.accepted)} of ${formatNumber(meta.drafted)} guessed tokens kept`);
   if (meta.first_token_ms !== undefined && meta.first_token_ms !== null) {
     parts.push(`first token ${formatNumber(meta.first_token_ms)} ms`);
   }
@@ -209,7 +211,13 @@ async function generate(conversation) {
     } else {
       meta.completion_tokens = g.pieces;
     }
-    if (result?.timings) meta.tokens_per_second = Math.round(result.timings.predicted_per_second * 10) / 10;
+    if (result?.timings) {
+      meta.tokens_per_second = Math.round(result.timings.predicted_per_second * 10) / 10;
+      if (result.timings.draft_n) {
+        meta.drafted = result.timings.draft_n;
+        meta.accepted = result.timings.draft_n_accepted;
+      }
+    }
     if (stopped) meta.ending = "stopped";
     else if (failure) meta.ending = "interrupted";
     else if (result.finishReason === "length") meta.ending = "length";
