@@ -26,8 +26,12 @@ if [[ "$(uname -m)" == x86_64 ]]; then
   export CMAKE_SHARED_LINKER_FLAGS="-static-libstdc++ -Wl,--exclude-libs,ALL -pthread $link"
   export CMAKE_MODULE_LINKER_FLAGS="$CMAKE_SHARED_LINKER_FLAGS"
   # The build machine's libgcc_s.so.1 refers to newer glibc symbols; the target's own libgcc_s is what runs.
-  export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-B$glibc_compat -C link-arg=-L$glibc_compat \
--C link-arg=$glibc_compat/compat.o -C link-arg=-Wl,--allow-shlib-undefined"
+  # Added once: a shell that sources this file again (a script run from one that did) would link compat.o twice.
+  case " ${RUSTFLAGS:-} " in
+    *" -C link-arg=$glibc_compat/compat.o "*) ;;
+    *) export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-B$glibc_compat -C link-arg=-L$glibc_compat \
+-C link-arg=$glibc_compat/compat.o -C link-arg=-Wl,--allow-shlib-undefined" ;;
+  esac
 fi
 STOVE_FEATURES="vulkan"
 

@@ -61,7 +61,8 @@ impl Speculation {
         if !config.enabled() {
             return Ok(None);
         }
-        let drafter = NgramDrafter::new(slots, config.ngram, config.draft_max)
+        // llama.cpp's ngram-simple proposes nothing shorter than its match; `draft` cuts guesses to --draft-max.
+        let drafter = NgramDrafter::new(slots, config.ngram, config.draft_max.max(config.ngram))
             .map_err(|e| format!("cannot set up n-gram speculation: {e}"))?;
         Ok(Some(Speculation { config, drafter }))
     }
