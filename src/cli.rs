@@ -103,11 +103,15 @@ pub struct RunArgs {
     /// Flash attention: auto (where the model and device support it), on or off
     #[arg(long, global = true, value_enum, default_value_t = FlashAttention::Auto, value_name = "WHEN")]
     pub flash_attn: FlashAttention,
-    /// Speculative decoding: ngram guesses the next tokens from earlier in the conversation and keeps those the
-    /// model agrees with (same answers, faster when the answer repeats its input); auto picks what this file
-    /// can do; none turns it off
+    /// Speculative decoding: ngram guesses the next tokens from earlier in the conversation, draft with a small
+    /// model of the same vocabulary (--draft), and the model keeps the guesses it agrees with (same answers,
+    /// fewer decodes); auto picks the draft model when there is one, else ngram; none turns it off
     #[arg(long, global = true, value_enum, default_value_t = SpecMode::Auto, value_name = "KIND")]
     pub spec: SpecMode,
+    /// A small model with the same vocabulary that guesses the next tokens for the model (a GGUF, or another
+    /// stove file's model); --spec auto then uses it
+    #[arg(long, global = true, value_name = "PATH")]
+    pub draft: Option<PathBuf>,
     /// Most tokens guessed at once (0 turns speculation off)
     #[arg(long, global = true, default_value_t = crate::engine::DEFAULT_DRAFT_MAX, value_name = "N",
           value_parser = clap::value_parser!(u16).range(0..=256))]

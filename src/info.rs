@@ -16,7 +16,8 @@ pub fn run(args: &InfoArgs, run: &crate::cli::RunArgs) -> Result<()> {
     let (gpu, template_file) = (run.gpu, run.chat_template_file.as_deref());
     let kv_cache = crate::settings::kv_cache(run)?;
     hardware::backends::load(gpu).map_err(anyhow::Error::msg)?;
-    let path = match &args.file {
+    // `stove info FILE`, or the model `--model` names (as `serve` takes it), or this file.
+    let path = match args.file.as_ref().or(run.model.as_ref()) {
         Some(path) => path.clone(),
         None => crate::this_file()?,
     };

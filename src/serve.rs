@@ -129,13 +129,15 @@ pub fn run(source: &ModelSource, settings: &Settings) -> Result<()> {
     })
 }
 
-/// Enters the sandbox (`sandbox.rs`) unless `--no-sandbox`: the model's file stays readable. Call it on the main
+/// Enters the sandbox (`sandbox.rs`) unless `--no-sandbox`: the model's file (and a draft model's) stays readable. Call it on the main
 /// thread before the engine starts. A layer this kernel lacks is one line on stderr.
 pub fn confine(source: &ModelSource, settings: &Settings) -> Confinement {
     if !settings.sandbox {
         return Confinement::off("--no-sandbox");
     }
-    let confinement = sandbox::enter(&[source.span().path.as_path()]);
+    let mut readable = vec![source.span().path.as_path()];
+    readable.extend(settings.engine.draft.as_ref().map(|span| span.path.as_path()));
+    let confinement = sandbox::enter(&readable);
     for note in &confinement.notes {
         eprintln!("sandbox: {note}");
     }

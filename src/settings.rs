@@ -7,9 +7,9 @@ use std::net::IpAddr;
 
 use anyhow::{bail, Context, Result};
 
-use crate::bundle::ModelSource;
+use crate::bundle::{ModelSource, ModelSpan};
 use crate::cli::{GpuChoice, RunArgs};
-use crate::engine::{EngineConfig, FlashAttention, KvCache, SamplingParams, SpecConfig, TemplateOrigin};
+use crate::engine::{EngineConfig, FlashAttention, KvCache, SamplingParams, SpecConfig, SpecMode, TemplateOrigin};
 use clap::ValueEnum;
 
 /// A checked run configuration. Fields are final values: defaults resolved, files read.
@@ -66,6 +66,7 @@ impl Settings {
                 chat_template: chat_template(run, source)?,
                 kv_cache,
                 speculation: speculation(run)?,
+                draft: draft(run)?,
             },
             sampling: SamplingParams {
                 temperature: run.temperature,
@@ -105,6 +106,21 @@ fn speculation(run: &RunArgs) -> Result<SpecConfig> {
         );
     }
     Ok(SpecConfig { mode: run.spec, draft_max: run.draft_max, draft_min: run.draft_min, ngram: run.spec_ngram })
+}
+
+/// The draft model `--draft` names, found before anything loads; `--spec draft` needs one.
+fn draft(run: &RunArgs) -> Result<Option<ModelSpan>> {
+    let Some(path) = &run.draft else {
+        if run.spec == SpecMode::Draft {
+            bail!(
+                "--spec draft needs a draft model: add --draft SMALL.gguf (a smaller model with the same \
+                 vocabulary), or use --spec ngram, which needs none"
+            );
+        }
+        return Ok(None);
+    };
+    let source = crate::bundle::open_model(path).with_context(|| format!("--draft {}", path.display()))?;
+    Ok(Some(source.span().clone()))
 }
 
 /// The API key from `--api-key`, `STOVE_API_KEY` or `--api-key-file`.

@@ -52,20 +52,10 @@ fn llama_server() -> &'static Path {
     SERVER.get_or_init(|| tools_script(&["llama-server"]).remove(0))
 }
 
-/// The test venv's Python (`scripts/setup.sh --test`), with openai, anthropic and gguf.
-fn python() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-    let path = std::env::var_os("STOVE_TEST_PYTHON").map(PathBuf::from).unwrap_or(cache.join("stove/venv/bin/python"));
-    assert!(path.is_file(), "no test Python at {}; run scripts/setup.sh --test", path.display());
-    path
-}
-
 /// A copy of the default model whose own `tokenizer.chat_template` is `template`.
 fn model_with_template(template: &Path) -> PathBuf {
     let out = scratch().join(format!("{}.gguf", template.file_stem().unwrap().to_string_lossy()));
-    let status = Command::new(python())
+    let status = Command::new(common::python())
         .args(["-m", "gguf.scripts.gguf_new_metadata", "--force", "--chat-template-file"])
         .arg(template)
         .arg(model())
@@ -223,7 +213,7 @@ fn serve_with(name: &str, extra: &[&str]) -> Server {
 fn the_official_clients_run_tool_loops() {
     let server =
         serve_with("Qwen-Qwen2.5-7B-Instruct", &["--api-key", "kitchen-key", "--parallel", "2", "--temperature", "0"]);
-    let output = Command::new(python())
+    let output = Command::new(common::python())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tool_clients.py"))
         .arg(&server.url)
         .arg("kitchen-key")

@@ -4,27 +4,14 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::{bundle, Server};
 
-/// The virtual environment's Python, where `scripts/setup.sh --test` puts it (or `STOVE_TEST_PYTHON`).
-fn python() -> PathBuf {
-    let path = std::env::var_os("STOVE_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-        cache.join("stove/venv/bin/python")
-    });
-    assert!(path.is_file(), "no Python with the openai client at {}; run scripts/setup.sh --test", path.display());
-    path
-}
-
 #[test]
 fn the_official_openai_python_client_works_against_stove() {
     let server = Server::start(bundle(), &["--api-key", "kitchen-key"]);
-    let output = Command::new(python())
+    let output = Command::new(common::python())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py"))
         .arg(format!("{}/v1", server.url))
         .arg("kitchen-key")

@@ -3,8 +3,10 @@
 //!
 //! Checks: a greedy answer that repeats its input is the same text with and without speculation, and with it
 //! most guesses are kept (`timings`, `/metrics`); four conversations at once, each repeating a different text,
-//! get their answers without speculation; a JSON-schema answer stays valid and the same; settings that could
-//! never guess are refused before the model loads.
+//! get their answers without speculation; a JSON-schema answer stays valid and the same; a draft model (the
+//! default model drafting for itself, so nearly every guess is kept) gives the same answers, alone and four at
+//! once; a draft model with another vocabulary is refused with the reason; settings that could never guess are
+//! refused before the model loads.
 
 mod common;
 
@@ -116,6 +118,64 @@ fn ngram_speculation_keeps_greedy_answers_and_saves_decodes() {
 }
 
 #[test]
+fn a_draft_model_keeps_greedy_answers_and_one_with_another_vocabulary_is_refused() {
+    let model = common::model();
+    let model = model.to_str().unwrap();
+    let plain = Server::start(&common::engine(), &model_args(model, &["--spec", "none"]));
+    let drafted = Server::start(&common::engine(), &model_args(model, &["--draft", model]));
+    let info: Value = client().get(format!("{}/stove/info", drafted.url)).send().unwrap().json().unwrap();
+    assert_eq!(info["runtime"]["speculation"]["mode"], "draft", "--spec auto takes the draft model: {info}");
+
+    let question = |content: &str| json!({ "messages": [{ "role": "user", "content": content }], "temperature": 0, "max_tokens": 60 });
+    // Free answers, not repeats: a draft model guesses any text, n-grams only what came before.
+    let questions =
+        ["List the days of the week.", "What is the capital of France?", "Name three fruits.", "Say hello."];
+    let expected: Vec<String> = questions.iter().map(|q| answer(&plain.chat(question(q)).1)).collect();
+    let together: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = questions
+            .iter()
+            .map(|q| {
+                let (drafted, body) = (&drafted, question(q));
+                scope.spawn(move || drafted.chat(body).1)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((q, expected), body) in questions.iter().zip(&expected).zip(&together) {
+        assert_eq!(&answer(body), expected, "the draft model changed the answer to {q:?}");
+        let timings = &body["timings"];
+        let (guessed, kept) = (timings["draft_n"].as_u64().unwrap(), timings["draft_n_accepted"].as_u64().unwrap());
+        // The model drafting for itself agrees with itself, except where one decode and a batch differ in
+        // the last bits (README, "Speculative decoding").
+        assert!(guessed > 0 && kept * 10 >= guessed * 8, "{q:?}: {timings}");
+    }
+
+    // Another vocabulary: the same model with every token's text from id 100 on changed.
+    let other = common::scratch().join("other-vocabulary.gguf");
+    let script = "import sys, gguf\n\
+from gguf.scripts.gguf_new_metadata import copy_with_new_metadata, MetadataDetails\n\
+reader = gguf.GGUFReader(sys.argv[1], 'r')\n\
+field = reader.get_field('tokenizer.ggml.tokens')\n\
+tokens = [bytes(field.parts[i]).decode('utf-8', 'replace') for i in field.data]\n\
+tokens = tokens[:100] + [t[::-1] + '~' for t in tokens[100:]]\n\
+writer = gguf.GGUFWriter(sys.argv[2], arch=reader.get_field('general.architecture').contents())\n\
+copy_with_new_metadata(reader, writer, {'tokenizer.ggml.tokens': MetadataDetails(gguf.GGUFValueType.ARRAY, \
+tokens, sub_type=gguf.GGUFValueType.STRING)}, [])\n";
+    let status = std::process::Command::new(common::python())
+        .args(["-c", script, model, other.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "could not write {}", other.display());
+    let output = common::run(&["--model", model, "--draft", other.to_str().unwrap(), "--port", "0"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("has another vocabulary than the model"), "{stderr}");
+    std::fs::remove_file(&other).unwrap();
+}
+
+#[test]
 fn speculation_settings_that_could_never_guess_are_refused_before_loading() {
     let model = common::model();
     let output = common::run(&["--model", model.to_str().unwrap(), "--draft-min", "8", "--draft-max", "4"]);
@@ -123,4 +183,8 @@ fn speculation_settings_that_could_never_guess_are_refused_before_loading() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--draft-min 8 is more than --draft-max 4"), "{stderr}");
     assert!(!stderr.contains("model ready"), "{stderr}");
+    let output = common::run(&["--model", model.to_str().unwrap(), "--spec", "draft"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--spec draft needs a draft model"), "{stderr}");
 }

@@ -68,6 +68,8 @@ pub struct EngineConfig {
     pub kv_cache: KvCache,
     /// Speculative decoding.
     pub speculation: SpecConfig,
+    /// A draft model for speculation (`--draft`): a GGUF, or the model of another stove file.
+    pub draft: Option<ModelSpan>,
 }
 
 /// What the page, `/v1/models` and `stove info` show about the model.

@@ -79,18 +79,7 @@ impl Worker {
         let threads = i32::try_from(config.threads).unwrap_or(i32::MAX);
         // Every busy slot puts one token in each step's batch, so the batch holds at least one per slot.
         let batch_size = config.batch_size.max(parallel);
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(context_size.saturating_mul(parallel)))
-            .with_n_seq_max(parallel)
-            // One KV stream per slot: conversations do not share prefixes, and split streams decode faster.
-            .with_kv_unified(false)
-            .with_n_batch(batch_size)
-            .with_n_ubatch(batch_size)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads)
-            .with_type_k(config.kv_cache.type_k.llama())
-            .with_type_v(config.kv_cache.type_v.llama())
-            .with_flash_attention_policy(config.kv_cache.flash_attn.llama());
+        let params = context_params(config, context_size, parallel, batch_size, threads);
         let ctx = model.new_context(&backend, params).map_err(|e| {
             format!(
                 "cannot create a context of {parallel} × {context_size} tokens: {e}; \
@@ -110,12 +99,37 @@ impl Worker {
         // Guesses the model rejects are dropped from the cache's end, which a recurrent model's cache cannot do.
         let mut spec_config = config.speculation;
         if spec_config.enabled() && (model.is_recurrent() || model.is_hybrid()) {
-            if spec_config.mode == SpecMode::Ngram {
+            if spec_config.mode != SpecMode::Auto {
                 eprintln!("speculation is off: this model's cache (recurrent) cannot drop rejected guesses");
             }
             spec_config.mode = SpecMode::None;
         }
-        let speculation = Speculation::new(spec_config, parallel)?;
+        let draft_model = match (&config.draft, spec_config.mode) {
+            (Some(span), SpecMode::Auto | SpecMode::Draft) if spec_config.enabled() => {
+                // The draft goes where the model went: all on the GPUs when the model fits there, else the CPU.
+                let gpu_layers = if offload.layers > 0 && offload.layers >= offload.total_layers { -1 } else { 0 };
+                Some(load_draft(&backend, span, &model, config.use_mmap, gpu_layers)?)
+            }
+            _ => None,
+        };
+        spec_config.mode = match (spec_config.mode, &draft_model) {
+            (SpecMode::Auto | SpecMode::Draft, Some(_)) => SpecMode::Draft,
+            (SpecMode::Auto, None) => SpecMode::Ngram,
+            (mode, _) => mode,
+        };
+        let draft = match &draft_model {
+            Some(draft) if spec_config.enabled() => {
+                let params = context_params(config, context_size, parallel, batch_size, threads)
+                    .with_type_k(llama_cpp_2::context::params::KvCacheType::F16)
+                    .with_type_v(llama_cpp_2::context::params::KvCacheType::F16);
+                let ctx = draft.new_context(&backend, params).map_err(|e| {
+                    format!("cannot create the draft model's context of {parallel} × {context_size} tokens: {e}")
+                })?;
+                Some((draft, ctx))
+            }
+            _ => None,
+        };
+        let speculation = Speculation::new(spec_config, parallel, draft)?;
         let layers = model.n_layer();
         let gpu_layers = offload.layers.min(layers);
         self.status.set(LoadState::Ready(Runtime {
@@ -152,6 +166,48 @@ impl Worker {
     }
 }
 
+/// A context of `parallel` sequences of `context_size` tokens, with the run's threads and KV cache.
+fn context_params(
+    config: &EngineConfig,
+    context_size: u32,
+    parallel: u32,
+    batch_size: u32,
+    threads: i32,
+) -> LlamaContextParams {
+    LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(context_size.saturating_mul(parallel)))
+        .with_n_seq_max(parallel)
+        // One KV stream per slot: conversations do not share prefixes, and split streams decode faster.
+        .with_kv_unified(false)
+        .with_n_batch(batch_size)
+        .with_n_ubatch(batch_size)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        .with_type_k(config.kv_cache.type_k.llama())
+        .with_type_v(config.kv_cache.type_v.llama())
+        .with_flash_attention_policy(config.kv_cache.flash_attn.llama())
+}
+
+/// Loads the draft model (`--draft`) and checks that it can guess the model's tokens.
+fn load_draft(
+    backend: &llama_cpp_2::llama_backend::LlamaBackend,
+    span: &ModelSpan,
+    model: &LlamaModel,
+    use_mmap: bool,
+    gpu_layers: i32,
+) -> Result<LlamaModel, String> {
+    let draft = crate::llama::load_model_at(backend, &span.path, span.offset, use_mmap, gpu_layers)
+        .map_err(|e| format!("the draft model: {e}"))?;
+    if !crate::llama::speculative::vocabularies_match(model, &draft) {
+        return Err(format!(
+            "the draft model {} has another vocabulary than the model, so it cannot guess its tokens; use a \
+             smaller model of the same family (the same tokenizer), or --spec ngram",
+            span.path.display()
+        ));
+    }
+    Ok(draft)
+}
+
 /// Up to [`DEFAULT_PARALLEL`] slots, fewer when their KV cache would take more than a quarter of the memory
 /// that is free once the model is loaded.
 fn default_parallel(layout: &ModelLayout, context_size: u32) -> u32 {
@@ -179,7 +235,7 @@ struct Scheduler<'m> {
     embedding: EmbedQueue<'m>,
     metrics: &'m Metrics,
     /// Guesses tokens to decode together with each generating slot's next one (`--spec`).
-    speculation: Option<Speculation>,
+    speculation: Option<Speculation<'m>>,
     step: u64,
 }
 

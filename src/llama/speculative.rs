@@ -1,11 +1,13 @@
 //! llama.cpp's n-gram drafter, safely: given a conversation's tokens, it proposes the tokens that followed
 //! the last time its latest tokens appeared (llama-server's `--spec-type ngram-simple`). The C++ lives in
-//! `speculative_shim.cpp`; this file holds every unsafe call into it. How drafts are checked and kept is the
-//! engine's business (`engine/speculation.rs`).
+//! `speculative_shim.cpp`; this file holds every unsafe call into it, and llama.cpp's check that a draft model
+//! shares a model's vocabulary. How drafts are made with a draft model, checked and kept is the engine's
+//! business (`engine/speculation.rs`).
 
 use std::ffi::{c_char, c_int, CStr};
 use std::ptr::NonNull;
 
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 #[repr(C)]
@@ -33,7 +35,18 @@ extern "C" {
         cap: usize,
     ) -> usize;
     fn stove_spec_accept(spec: *mut RawSpec, seq: i32, accepted: u16);
+    fn stove_spec_compatible(
+        target: *const llama_cpp_sys_2::llama_model,
+        draft: *const llama_cpp_sys_2::llama_model,
+    ) -> bool;
     fn stove_chat_string_free(text: *mut c_char);
+}
+
+/// Whether `draft` can guess tokens for `target`: llama.cpp's rule (the same kind of vocabulary, special tokens
+/// and text for every token), which llama-server applies to `--model-draft`.
+pub fn vocabularies_match(target: &LlamaModel, draft: &LlamaModel) -> bool {
+    // SAFETY: both models are alive for the call, which only reads their vocabularies.
+    unsafe { stove_spec_compatible(super::model::raw_model(target), super::model::raw_model(draft)) }
 }
 
 /// llama.cpp's n-gram drafter for every sequence of one context.

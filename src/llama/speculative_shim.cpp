@@ -101,6 +101,16 @@ size_t stove_spec_draft(stove_spec * spec, int32_t seq, const int32_t * history,
     return n;
 }
 
+// Whether `draft` can guess tokens for `target`: the same kind of vocabulary, the same special tokens, and the
+// same text for every token (llama.cpp's own rule, which llama-server applies to --model-draft).
+bool stove_spec_compatible(const llama_model * target, const llama_model * draft) {
+    try {
+        return common_speculative_are_compatible(target, draft);
+    } catch (...) {
+        return false;
+    }
+}
+
 // The model agreed with the first `accepted` tokens of the last draft for `seq`.
 void stove_spec_accept(stove_spec * spec, int32_t seq, uint16_t accepted) {
     common_speculative_accept(spec->spec, seq, accepted);

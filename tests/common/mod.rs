@@ -57,6 +57,16 @@ pub fn scratch() -> &'static Path {
     })
 }
 
+/// The test venv's Python (`scripts/setup.sh --test`), with openai, anthropic and gguf.
+pub fn python() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
+    let path = std::env::var_os("STOVE_TEST_PYTHON").map(PathBuf::from).unwrap_or(cache.join("stove/venv/bin/python"));
+    assert!(path.is_file(), "no test Python at {}; run scripts/setup.sh --test", path.display());
+    path
+}
+
 /// Runs `stove` with `args` and returns its output.
 pub fn run(args: &[&str]) -> Output {
     stove().args(args).stdin(Stdio::null()).output().expect("run stove")
