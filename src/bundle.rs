@@ -6,6 +6,7 @@
 //! | entry                 | what                                                         |
 //! |-----------------------|--------------------------------------------------------------|
 //! | `stove/model.gguf`    | the GGUF, stored, its first byte at a 64 KiB-aligned offset  |
+//! | `stove/draft.gguf`    | optional: a draft model for speculative decoding, stored, 32 KiB-aligned |
 //! | `engine/...`          | the engine the launcher loads, and `engine/index.json` listing it ([`crate::launch`]) |
 //! | `stove/manifest.json` | [`Manifest`]: what the model is, who packed it, every part's SHA-256 |
 //! | `stove/signature.json`| optional Ed25519 signature over the manifest's bytes ([`crate::signing`]) |
@@ -27,6 +28,8 @@ use zip::CompressionMethod;
 use crate::gguf::{self, GgufError, GgufInfo};
 
 pub const MODEL_ENTRY: &str = "stove/model.gguf";
+/// A draft model for speculative decoding (`pack --draft`), stored and aligned like the model.
+pub const DRAFT_ENTRY: &str = "stove/draft.gguf";
 pub const MANIFEST_ENTRY: &str = "stove/manifest.json";
 pub const ARGS_ENTRY: &str = "stove/args.json";
 pub const CHAT_TEMPLATE_ENTRY: &str = "stove/chat_template.jinja";
@@ -58,6 +61,9 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_index_sha256: Option<String>,
     pub model: ModelManifest,
+    /// The draft model (`stove/draft.gguf`), when the bundle carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft: Option<ModelManifest>,
     /// SHA-256 of `stove/args.json`, when the bundle has default arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args_sha256: Option<String>,
@@ -124,6 +130,8 @@ impl ModelSpan {
 pub struct Bundle {
     pub manifest: Manifest,
     pub model: ModelSpan,
+    /// The draft model for speculative decoding, when the bundle carries one.
+    pub draft: Option<ModelSpan>,
     pub default_args: Vec<String>,
     /// Files under `web/` in the payload, with that prefix removed.
     pub web: Vec<(String, Vec<u8>)>,
@@ -235,6 +243,19 @@ impl Bundle {
         if model_offset % 32 != 0 {
             return Err(corrupt(path, format!("the model starts at byte {model_offset}, not 32-byte aligned")));
         }
+        let draft = match archive.by_name(DRAFT_ENTRY) {
+            Ok(entry) => {
+                let offset = entry.data_start().filter(|_| entry.compression() == CompressionMethod::Stored);
+                let offset = offset.ok_or_else(|| corrupt(path, format!("{DRAFT_ENTRY} is not stored whole")))?;
+                check_span_fits(path, offset, entry.size(), file_len)?;
+                if offset % 32 != 0 {
+                    return Err(corrupt(path, format!("the draft model starts at byte {offset}, not 32-byte aligned")));
+                }
+                Some(ModelSpan::new(path.to_path_buf(), offset, entry.size()))
+            }
+            Err(zip::result::ZipError::FileNotFound) => None,
+            Err(e) => return Err(corrupt(path, format!("cannot read {DRAFT_ENTRY}: {e}"))),
+        };
         let manifest_bytes = read_entry(&mut archive, path, MANIFEST_ENTRY, 1 << 20)?;
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| corrupt(path, format!("{MANIFEST_ENTRY} is not valid: {e}")))?;
@@ -286,7 +307,17 @@ impl Bundle {
             web.push((name[WEB_PREFIX.len()..].to_string(), data));
         }
         let model = ModelSpan::new(path.to_path_buf(), model_offset, model_len);
-        Ok(Some(Bundle { manifest, model, default_args, web, manifest_bytes, args_bytes, chat_template, signature }))
+        Ok(Some(Bundle {
+            manifest,
+            model,
+            draft,
+            default_args,
+            web,
+            manifest_bytes,
+            args_bytes,
+            chat_template,
+            signature,
+        }))
     }
 }
 
@@ -410,6 +441,7 @@ mod tests {
                 chat_template: Some("{{ messages[0].content }}".into()),
                 default_args: vec!["--ctx-size".into(), "512".into()],
                 sign: None,
+                draft: None,
             })
             .unwrap();
             std::fs::read(&out).unwrap()

@@ -55,6 +55,17 @@ fn print_model(path: &Path, template_file: Option<&Path>) -> Result<Option<(Gguf
         if !bundle.web.is_empty() {
             println!("  chat page    its own ({} files)", bundle.web.len());
         }
+        if let (Some(draft), Some(span)) = (&m.draft, &bundle.draft) {
+            println!(
+                "  draft model  {} ({} {}, {:.1} M parameters, {}) at byte {}: --spec auto guesses with it",
+                draft.file_name,
+                draft.architecture,
+                draft.quantization,
+                draft.parameters as f64 / 1e6,
+                human_bytes(draft.size),
+                span.offset
+            );
+        }
     }
     println!("  name         {}", gguf.name.as_deref().unwrap_or("(none)"));
     println!("  architecture {}", gguf.architecture);

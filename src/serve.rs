@@ -119,6 +119,12 @@ pub fn run(source: &ModelSource, settings: &Settings) -> Result<()> {
                 if let Some(gpu) = runtime.gpus.first() {
                     eprintln!("GPU: {} ({}): {}", gpu.description, gpu.backend, runtime.offload.describe());
                 }
+                if runtime.speculation.mode == crate::engine::SpecMode::Draft {
+                    eprintln!(
+                        "speculative decoding: the draft model guesses up to {} tokens",
+                        runtime.speculation.draft_max
+                    );
+                }
             }
             Err(e) => {
                 eprintln!("stove: {e}");

@@ -66,7 +66,7 @@ impl Settings {
                 chat_template: chat_template(run, source)?,
                 kv_cache,
                 speculation: speculation(run)?,
-                draft: draft(run)?,
+                draft: draft(run, source)?,
             },
             sampling: SamplingParams {
                 temperature: run.temperature,
@@ -108,13 +108,19 @@ fn speculation(run: &RunArgs) -> Result<SpecConfig> {
     Ok(SpecConfig { mode: run.spec, draft_max: run.draft_max, draft_min: run.draft_min, ngram: run.spec_ngram })
 }
 
-/// The draft model `--draft` names, found before anything loads; `--spec draft` needs one.
-fn draft(run: &RunArgs) -> Result<Option<ModelSpan>> {
+/// The draft model `--draft` names, or else the one the bundle carries, found before anything loads; `--spec
+/// draft` needs one.
+fn draft(run: &RunArgs, source: &ModelSource) -> Result<Option<ModelSpan>> {
     let Some(path) = &run.draft else {
+        if let ModelSource::Bundle(bundle) = source {
+            if let Some(draft) = &bundle.draft {
+                return Ok(Some(draft.clone()));
+            }
+        }
         if run.spec == SpecMode::Draft {
             bail!(
                 "--spec draft needs a draft model: add --draft SMALL.gguf (a smaller model with the same \
-                 vocabulary), or use --spec ngram, which needs none"
+                 vocabulary) or pack one in with `stove pack --draft`, or use --spec ngram, which needs none"
             );
         }
         return Ok(None);

@@ -330,8 +330,11 @@ impl Scheduler<'_> {
         // Generating slots first, so a long prompt never holds back the others' next tokens.
         let mut order: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].is_busy()).collect();
         order.sort_by_key(|&i| !self.slots[i].is_generating());
+        // Each generating slot has a place for its next token whatever the ones before it guessed.
+        let mut generating_after = order.iter().filter(|&&i| self.slots[i].is_generating()).count();
         for i in order {
-            let room = capacity - self.batch.n_tokens() as usize;
+            generating_after = generating_after.saturating_sub(usize::from(self.slots[i].is_generating()));
+            let room = (capacity - self.batch.n_tokens() as usize).saturating_sub(generating_after);
             let speculation = self.speculation.as_mut();
             if let Err(error) = self.slots[i].add_to_batch(&mut self.batch, room, self.slot_context, speculation) {
                 self.slots[i].fail(error, &mut self.ctx);

@@ -54,6 +54,20 @@ pub fn load_model_at(
     Ok(unsafe { std::mem::transmute::<NonNull<llama_cpp_sys_2::llama_model>, LlamaModel>(model) })
 }
 
+/// Loads only the vocabulary of the GGUF at byte `offset` of `path` (no weights), to compare it with another's.
+pub fn load_vocabulary_at(path: &Path, offset: u64) -> Result<LlamaModel, LoadError> {
+    let file = open_at(path, offset)?;
+    // SAFETY: default params from llama.cpp with `vocab_only` set; no callbacks or pointers are set.
+    let mut params = unsafe { llama_cpp_sys_2::llama_model_default_params() };
+    params.vocab_only = true;
+    // SAFETY: as in `load_model_at`: the FILE is positioned at the GGUF and closed after llama.cpp is done.
+    let model = unsafe { llama_cpp_sys_2::llama_model_load_from_file_ptr(file.cast(), params) };
+    unsafe { libc::fclose(file) };
+    let model = NonNull::new(model).ok_or_else(|| LoadError::Rejected { path: path.display().to_string() })?;
+    // SAFETY: as in `load_model_at`.
+    Ok(unsafe { std::mem::transmute::<NonNull<llama_cpp_sys_2::llama_model>, LlamaModel>(model) })
+}
+
 /// The `llama_model` behind a `LlamaModel`, for llama.cpp calls llama-cpp-2 does not wrap (the chat layer).
 pub(super) fn raw_model(model: &LlamaModel) -> *const llama_cpp_sys_2::llama_model {
     // SAFETY: `LlamaModel` is a transparent wrapper over `NonNull<llama_model>` (checked above), so a reference

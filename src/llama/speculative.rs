@@ -5,6 +5,7 @@
 //! business (`engine/speculation.rs`).
 
 use std::ffi::{c_char, c_int, CStr};
+use std::path::Path;
 use std::ptr::NonNull;
 
 use llama_cpp_2::model::LlamaModel;
@@ -47,6 +48,13 @@ extern "C" {
 pub fn vocabularies_match(target: &LlamaModel, draft: &LlamaModel) -> bool {
     // SAFETY: both models are alive for the call, which only reads their vocabularies.
     unsafe { stove_spec_compatible(super::model::raw_model(target), super::model::raw_model(draft)) }
+}
+
+/// [`vocabularies_match`] for two GGUFs in files (each at a byte offset), reading only their vocabularies.
+pub fn vocabularies_match_at(target: (&Path, u64), draft: (&Path, u64)) -> Result<bool, String> {
+    let target = super::model::load_vocabulary_at(target.0, target.1).map_err(|e| e.to_string())?;
+    let draft = super::model::load_vocabulary_at(draft.0, draft.1).map_err(|e| e.to_string())?;
+    Ok(vocabularies_match(&target, &draft))
 }
 
 /// llama.cpp's n-gram drafter for every sequence of one context.

@@ -17,8 +17,8 @@ use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;
 
 use crate::bundle::{
-    self, Bundle, Manifest, ModelManifest, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY, MANIFEST_ENTRY, MODEL_ALIGNMENT,
-    MODEL_ENTRY, SIGNATURE_ENTRY,
+    self, Bundle, Manifest, ModelManifest, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY, DRAFT_ENTRY, MANIFEST_ENTRY,
+    MODEL_ALIGNMENT, MODEL_ENTRY, SIGNATURE_ENTRY,
 };
 use crate::signing;
 
@@ -49,6 +49,9 @@ pub struct PackOptions {
     pub default_args: Vec<String>,
     /// Signs the manifest with this key.
     pub sign: Option<SigningKey>,
+    /// A draft model for speculative decoding (a GGUF or another stove file's model), checked to share the
+    /// model's vocabulary.
+    pub draft: Option<PathBuf>,
 }
 
 pub struct Packed {
@@ -71,6 +74,40 @@ fn read_chat_template(path: &std::path::Path) -> Result<String> {
     crate::llama::chat::ChatTemplates::from_source(&source)
         .with_context(|| format!("llama.cpp cannot read the chat template {}", path.display()))?;
     Ok(source)
+}
+
+/// The draft model `--draft` names, and its manifest entry (its SHA-256 is filled in while it is copied).
+/// Refused when its vocabulary is not the model's (llama.cpp's rule, reading only the two vocabularies), so a
+/// bundle never carries a draft that cannot guess its model's tokens.
+fn check_draft(path: &Path, model: &bundle::ModelSpan) -> Result<(bundle::ModelSpan, ModelManifest)> {
+    let source = bundle::open_model(path).with_context(|| format!("--draft {}", path.display()))?;
+    let span = source.span().clone();
+    let info = span.read_info()?;
+    let matches =
+        crate::llama::speculative::vocabularies_match_at((&model.path, model.offset), (&span.path, span.offset))
+            .map_err(anyhow::Error::msg)?;
+    if !matches {
+        bail!(
+            "the draft model {} has another vocabulary than the model, so it cannot guess its tokens; use a \
+             smaller model of the same family (the same tokenizer)",
+            path.display()
+        );
+    }
+    let file_name = match &source {
+        bundle::ModelSource::Bundle(b) => b.manifest.model.file_name.clone(),
+        bundle::ModelSource::Gguf(_) => file_name_of(path),
+    };
+    let manifest = ModelManifest {
+        file_name,
+        size: span.len,
+        sha256: String::new(),
+        architecture: info.architecture,
+        parameters: info.parameters,
+        quantization: info.quantization,
+        context_length: info.context_length,
+        has_chat_template: info.chat_template.is_some(),
+    };
+    Ok((span, manifest))
 }
 
 /// `stove pack`: checks the arguments, packs, and says what was written.
@@ -125,6 +162,7 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
         chat_template,
         default_args: args.default_args.clone(),
         sign: args.sign.as_deref().map(signing::load_signing_key).transpose()?,
+        draft: run.draft.clone(),
     })?;
     let manifest = &packed.bundle.manifest;
     println!(
@@ -172,6 +210,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         bundle::ModelSource::Gguf(_) => file_name_of(&options.model),
     };
     let name = options.name.clone().unwrap_or_else(|| default_name(&file_name));
+    let draft = options.draft.as_deref().map(|path| check_draft(path, &span)).transpose()?;
     let web_files = match &options.web {
         Some(dir) => collect_web_files(dir)?,
         None => Vec::new(),
@@ -182,7 +221,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         format!(
             "while writing {} (if the disk is full, free at least {} MB there or choose another -o)",
             temp.path().display(),
-            (engine_len + options.engine.files_len() + span.len) >> 20
+            (engine_len + options.engine.files_len() + span.len + draft.as_ref().map_or(0, |(d, _)| d.len)) >> 20
         )
     };
 
@@ -221,6 +260,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
             context_length: info.context_length,
             has_chat_template: info.chat_template.is_some(),
         },
+        draft: draft.as_ref().map(|(_, manifest)| manifest.clone()),
     };
     let payload = Payload {
         manifest,
@@ -230,6 +270,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         chat_template,
         web: &web_files,
         sign: options.sign.as_ref(),
+        draft: draft.as_ref().map(|(span, _)| span),
     };
     let (file, manifest) = match write_payload(out, &span, payload) {
         Ok(written) => written,
@@ -248,7 +289,8 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     set_executable(temp.as_file())?;
     let size = temp.as_file().metadata()?.len();
     temp.persist(&options.out).with_context(|| format!("while moving the packed file to {}", options.out.display()))?;
-    let bundle = Bundle { model: bundle.model.moved_to(options.out.clone()), ..bundle };
+    let draft = bundle.draft.as_ref().map(|d| d.moved_to(options.out.clone()));
+    let bundle = Bundle { model: bundle.model.moved_to(options.out.clone()), draft, ..bundle };
     Ok(Packed { bundle, size })
 }
 
@@ -300,19 +342,28 @@ struct Payload<'a> {
     chat_template: Option<Vec<u8>>,
     web: &'a [(String, Vec<u8>)],
     sign: Option<&'a SigningKey>,
+    draft: Option<&'a bundle::ModelSpan>,
 }
 
 /// Writes the archive after the launcher: the model (aligned, stored), the engine's files and their index,
 /// the manifest with the model's and the index's SHA-256, its signature, the default arguments and the page
 /// files. Returns the file and the completed manifest.
 fn write_payload(out: BufWriter<File>, span: &bundle::ModelSpan, payload: Payload) -> io::Result<(File, Manifest)> {
-    let Payload { mut manifest, engine, launcher_sha256, args, chat_template, web, sign } = payload;
+    let Payload { mut manifest, engine, launcher_sha256, args, chat_template, web, sign, draft } = payload;
     let mut zip = zip::ZipWriter::new(out);
     let mut write_entries = |zip: &mut zip::ZipWriter<BufWriter<File>>| -> io::Result<()> {
         let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
         let aligned = stored.with_alignment(ZIP_ALIGNMENT as u16).large_file(span.len >= u32::MAX as u64);
         zip.start_file(MODEL_ENTRY, aligned)?;
         manifest.model.sha256 = copy_with_progress(span, zip)?;
+        if let (Some(draft), Some(recorded)) = (draft, manifest.draft.as_mut()) {
+            // 32 KiB-aligned, so its data is 32-byte aligned as llama.cpp maps it.
+            zip.start_file(
+                DRAFT_ENTRY,
+                stored.with_alignment(ZIP_ALIGNMENT as u16).large_file(draft.len >= u32::MAX as u64),
+            )?;
+            recorded.sha256 = copy_with_progress(draft, zip)?;
+        }
         let index = engine::write_files(zip, engine, launcher_sha256)?;
         manifest.engine_index_sha256 = Some(hex(&Sha256::digest(&index)));
         // These exact bytes are what a signature covers.
