@@ -97,17 +97,22 @@ fn check_draft(path: &Path, model: &bundle::ModelSpan) -> Result<(bundle::ModelS
         bundle::ModelSource::Bundle(b) => b.manifest.model.file_name.clone(),
         bundle::ModelSource::Gguf(_) => file_name_of(path),
     };
-    let manifest = ModelManifest {
+    let len = span.len;
+    Ok((span, model_manifest(file_name, len, info)))
+}
+
+/// What the manifest records of a GGUF; its SHA-256 is computed while it is copied.
+fn model_manifest(file_name: String, size: u64, info: crate::gguf::GgufInfo) -> ModelManifest {
+    ModelManifest {
         file_name,
-        size: span.len,
+        size,
         sha256: String::new(),
         architecture: info.architecture,
         parameters: info.parameters,
         quantization: info.quantization,
         context_length: info.context_length,
         has_chat_template: info.chat_template.is_some(),
-    };
-    Ok((span, manifest))
+    }
 }
 
 /// `stove pack`: checks the arguments, packs, and says what was written.
@@ -250,16 +255,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
             .iter()
             .map(|(name, data)| bundle::FileDigest { name: name.clone(), sha256: hex(&Sha256::digest(data)) })
             .collect(),
-        model: ModelManifest {
-            file_name,
-            size: span.len,
-            sha256: String::new(), // computed while copying
-            architecture: info.architecture,
-            parameters: info.parameters,
-            quantization: info.quantization,
-            context_length: info.context_length,
-            has_chat_template: info.chat_template.is_some(),
-        },
+        model: model_manifest(file_name, span.len, info),
         draft: draft.as_ref().map(|(_, manifest)| manifest.clone()),
     };
     let payload = Payload {
