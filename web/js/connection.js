@@ -100,5 +100,6 @@ function showModel() {
 /** What `--spec` runs, in words. */
 function speculation(spec) {
   if (!spec || spec.mode === "none") return "off";
+  if (spec.mode === "draft") return `draft model: up to ${spec.draft_max} tokens guessed at a time`;
   return `n-gram: up to ${spec.draft_max} tokens guessed when the last ${spec.ngram} appeared before`;
 }
