@@ -15,6 +15,7 @@
 # a stand-in named libcuda.so.1 to link against (each function returns CUDA_ERROR_STUB_LIBRARY), where CMake
 # looks for the toolkit's own stub (the wheels carry none): the real libcuda.so.1 comes with the NVIDIA driver.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/checked-download.sh"
 
 VERSION="13.0"
 # name==version sha256, one wheel each
@@ -50,11 +51,7 @@ for wheel in "${WHEELS[@]}"; do
   requirement="${wheel% *}" expected="${wheel#* }"
   name="${requirement%%==*}" version="${requirement#*==}"
   file="$(ls "$work/wheels/${name//-/_}-$version-"*.whl)"
-  actual="$(sha256sum "$file" | cut -d' ' -f1)"
-  if [[ "$actual" != "$expected" ]]; then
-    echo "error: $(basename "$file") has SHA-256 $actual, expected $expected; not using it" >&2
-    exit 1
-  fi
+  check_sha256 "$file" "$expected"
   python3 -m zipfile -e "$file" "$work/unpacked"
 done
 

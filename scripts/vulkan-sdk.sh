@@ -12,6 +12,7 @@
 # glslc, and an import library for the Vulkan loader (vulkan-1.dll, which every Vulkan driver on Windows
 # installs) made with mingw-w64's dlltool from the core commands the headers declare.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/checked-download.sh"
 system="${1:-linux}"
 
 VERSION="1.4.309"
@@ -44,12 +45,7 @@ else
     work="$(mktemp -d)"
     trap 'rm -rf "$work"' EXIT
     echo "fetching Vulkan headers $VERSION (Debian 13's libvulkan-dev) ..." >&2
-    curl -fsSL --retry 3 -o "$work/headers.deb" "$DEB_URL"
-    actual="$(sha256sum "$work/headers.deb" | cut -d' ' -f1)"
-    if [[ "$actual" != "$DEB_SHA256" ]]; then
-      echo "error: $DEB_URL has SHA-256 $actual, expected $DEB_SHA256; not using it" >&2
-      exit 1
-    fi
+    fetch_checked "$DEB_URL" "$work/headers.deb" "$DEB_SHA256"
     dpkg-deb -x "$work/headers.deb" "$work/root"
     mkdir -p "$sdk"
     rm -rf "$include"
