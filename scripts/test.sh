@@ -15,7 +15,8 @@ cargo test --release --locked --features "$STOVE_FEATURES"
 
 # The release script builds for 40 minutes and is not run here; its plan is: every file of the set is listed.
 plan="$(scripts/release --dry-run)"
-version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)"
+# The version is the one the release script read from Cargo.toml (its plan's first line), not read twice.
+version="$(head -1 <<<"$plan" | sed -n 's/^stove \(.*\) release into .*/\1/p')"
 for file in "stove-$version-linux-x86_64" "stove-$version-linux-aarch64" "stove-$version-windows-x86_64.exe" \
   "smollm2-135m-instruct-$version.stove" SHA256SUMS SHA256SUMS.sig stove-release.pub RELEASE-NOTES.md; do
   grep -q -- "  $file " <<<"$plan" || { echo "scripts/release --dry-run does not list $file:"; echo "$plan"; exit 1; } >&2
