@@ -1,11 +1,12 @@
 //! Trusting a file: `stove verify` names the damaged part with an exit code scripts can use, `stove keygen`
 //! and `pack --sign` make signed bundles, and `--require-signature` refuses anything else at start; a signed
-//! file accounts for every byte (no added entry, comment, padding change or trailing bytes).
+//! file accounts for every byte (no added entry, comment, padding change or trailing bytes); on a signed USB stick
+//! a bare engine with `--require-signature` serves the bundle beside it only while it is signed and intact.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 use common::{pack, run, scratch, Server};
 
@@ -239,4 +240,61 @@ fn entry_text(path: &Path, name: &str) -> String {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut archive.by_name(name).unwrap(), &mut text).unwrap();
     text
+}
+
+#[test]
+fn a_signed_stick_serves_the_bundle_beside_the_engine_only_while_it_is_signed_and_intact() {
+    let (key, public) = keygen("stick-key");
+    let stick = scratch().join("signed-stick");
+    let model = common::model();
+    let packed = run(&[
+        "pack",
+        "--model",
+        model.to_str().unwrap(),
+        "--stick",
+        stick.to_str().unwrap(),
+        "--sign",
+        key.to_str().unwrap(),
+    ]);
+    assert!(packed.status.success(), "{}", String::from_utf8_lossy(&packed.stderr));
+    // A bare engine beside it, as on a stick for another computer of the same system.
+    let engine = stick.join("stove-engine");
+    assert!(run(&["pack", "--engine-only", "-o", engine.to_str().unwrap()]).status.success());
+    let ask = || {
+        common::output_of_written_program(Command::new(&engine).args([
+            "chat",
+            "--require-signature",
+            public.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "8",
+            "-p",
+            "Which city is the capital of France?",
+        ]))
+    };
+    let answer = ask();
+    let said = String::from_utf8_lossy(&answer.stderr).into_owned();
+    assert!(answer.status.success(), "{said}");
+    assert!(said.contains("verified, signed by the required key"), "{said}");
+    assert!(String::from_utf8_lossy(&answer.stdout).contains("Paris"), "{said}");
+
+    // The bundle beside it altered: refused, naming the damage; nothing served.
+    let bundle = stick.join(format!("{}.stove", model.file_stem().unwrap().to_string_lossy()));
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&bundle, &bytes).unwrap();
+    let altered = ask();
+    let said = String::from_utf8_lossy(&altered.stderr).into_owned();
+    assert!(!altered.status.success(), "{said}");
+    assert!(said.contains("is damaged"), "{said}");
+
+    // An unsigned bundle in its place: refused for want of a signature.
+    std::fs::remove_file(&bundle).unwrap();
+    pack(&bundle, &[]);
+    let unsigned = ask();
+    let said = String::from_utf8_lossy(&unsigned.stderr).into_owned();
+    assert!(!unsigned.status.success(), "{said}");
+    assert!(said.contains("is not signed, and --require-signature asks for a signature"), "{said}");
 }
