@@ -3,6 +3,7 @@
 
 mod bundle;
 mod chat;
+mod chooser;
 mod cli;
 mod engine;
 mod gguf;
@@ -98,18 +99,20 @@ fn main() -> u8 {
             Err(e) => Err(e),
         },
         Some(Command::Keygen(ref keygen_args)) => signing::run(keygen_args),
-        _ => serve::model_source(&cli.run).and_then(|(source, defaults)| {
-            // A bundle's default arguments go before the user's, so the user's win.
-            let cli = Cli::parse_with_defaults(&defaults, &args).unwrap_or_else(|e| usage_error(e));
-            let settings = settings::Settings::new(&cli.run, &source)?;
-            // Now, not before: a bundle's default arguments may ask for llama.cpp's log.
-            engine::set_logging(settings.verbose);
-            verify::before_start(&source, &cli.run)?;
-            match cli.command {
-                Some(Command::Chat(chat_args)) => chat::run(&source, &settings, &chat_args),
-                _ => serve::run(&source, &settings),
-            }
-        }),
+        _ => serve::model_source(&cli.run, !matches!(cli.command, Some(Command::Chat(_)))).and_then(
+            |(source, defaults)| {
+                // A bundle's default arguments go before the user's, so the user's win.
+                let cli = Cli::parse_with_defaults(&defaults, &args).unwrap_or_else(|e| usage_error(e));
+                let settings = settings::Settings::new(&cli.run, &source)?;
+                // Now, not before: a bundle's default arguments may ask for llama.cpp's log.
+                engine::set_logging(settings.verbose);
+                verify::before_start(&source, &cli.run)?;
+                match cli.command {
+                    Some(Command::Chat(chat_args)) => chat::run(&source, &settings, &chat_args),
+                    _ => serve::run(&source, &settings),
+                }
+            },
+        ),
     };
     match result {
         Ok(()) => 0,

@@ -15,14 +15,15 @@ use crate::server::{self, AppState, Assets, Guard};
 use crate::settings::Settings;
 
 /// The model to run and the default arguments that come with it: `--model`'s, or this executable's own.
-pub fn model_source(run: &RunArgs) -> Result<(ModelSource, Vec<String>)> {
+/// `serving`: the command is `serve`, which may ask in the browser which of several models beside it to run.
+pub fn model_source(run: &RunArgs, serving: bool) -> Result<(ModelSource, Vec<String>)> {
     let source = match &run.model {
         Some(path) => bundle::open_model(path)?,
         None => {
             let exe = crate::this_file()?;
             match Bundle::find(&exe)? {
                 Some(bundle) => ModelSource::Bundle(Box::new(bundle)),
-                None => model_beside(&exe)?,
+                None => model_beside(&exe, run, serving)?,
             }
         }
     };
@@ -34,9 +35,11 @@ pub fn model_source(run: &RunArgs) -> Result<(ModelSource, Vec<String>)> {
 }
 
 /// The model for an engine that holds none (an engine file carried on a stick beside the models): the one GGUF
-/// or bundle in its own folder, named on stderr; several are listed to choose from; none says how to get one.
-/// Only files named like models are opened (`.gguf`, `.stove`, `.exe`), and nothing is written there.
-fn model_beside(exe: &Path) -> Result<ModelSource> {
+/// or bundle in its own folder, named on stderr; several are listed to choose from, on a page in the browser when
+/// serving with one to open (`chooser.rs`); none says how to get one. Only files named like models are opened
+/// (`.gguf`, `.stove`, `.exe`), and nothing is written there.
+fn model_beside(exe: &Path, run: &RunArgs, serving: bool) -> Result<ModelSource> {
+    let choose_in_browser = serving && !run.no_browser && (run.browser || double_clicked());
     let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "stove".into());
     let folder = exe.parent().unwrap_or(Path::new("."));
     let own = exe.canonicalize().ok();
@@ -62,6 +65,11 @@ fn model_beside(exe: &Path) -> Result<ModelSource> {
             let (path, source) = found.pop().expect("one");
             eprintln!("stove: this engine holds no model; serving {}, the one beside it", path.display());
             Ok(source)
+        }
+        _ if choose_in_browser => {
+            let paths: Vec<PathBuf> = found.into_iter().map(|(path, _)| path).collect();
+            crate::chooser::choose(&paths, run)?;
+            anyhow::bail!("no model was chosen")
         }
         _ => {
             let names: Vec<String> =
@@ -166,5 +174,10 @@ fn should_open_browser(settings: &Settings) -> bool {
     if let Some(choice) = settings.browser {
         return choice;
     }
+    double_clicked()
+}
+
+/// Started with no arguments and no terminal, as by a double-click in a file manager.
+fn double_clicked() -> bool {
     std::env::args_os().len() == 1 && !std::io::stdin().is_terminal() && !std::io::stdout().is_terminal()
 }

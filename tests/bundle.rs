@@ -397,3 +397,71 @@ fn a_pack_killed_at_any_moment_leaves_the_old_file_or_the_new_one() {
     use sha2::Digest;
     assert_eq!(common::hex(&sha2::Sha256::digest(fs::read(&model).unwrap())), MODEL_SHA256);
 }
+
+#[test]
+fn several_models_beside_an_engine_are_offered_on_a_page_and_the_chosen_one_is_served_there() {
+    let stick = scratch().join("chooser-stick");
+    fs::create_dir_all(&stick).unwrap();
+    let engine = stick.join("stove-engine");
+    assert!(run(&["pack", "--engine-only", "-o", engine.to_str().unwrap()]).status.success());
+    let beside = stick.join("SmolLM2.gguf");
+    fs::hard_link(model(), &beside).or_else(|_| fs::copy(model(), &beside).map(drop)).unwrap();
+    fs::copy(bundle(), stick.join("another.stove")).unwrap();
+    // webbrowser honours $BROWSER: a script that only succeeds (the test reads the address from stdout).
+    let browser = stick.join("browser.sh");
+    fs::write(&browser, "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(&browser, fs::Permissions::from_mode(0o755)).unwrap();
+
+    // `--browser` stands in for a double-click (no terminal, no arguments), which a test cannot make.
+    let mut child = std::process::Command::new(&engine)
+        .args(["--browser", "--port", "0", "--threads", "1"])
+        .env("BROWSER", &browser)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.contains("2 models are beside this engine; choose one at"), "{line}");
+    let url = line.trim().rsplit(" at ").next().unwrap().trim_end_matches('/').to_string();
+    let client = common::client();
+    let page = client.get(format!("{url}/")).send().unwrap().text().unwrap();
+    assert!(page.contains("SmolLM2.gguf") && page.contains("another.stove"), "{page}");
+    // Another site cannot choose for the person.
+    let foreign = client
+        .post(format!("{url}/choose"))
+        .header("Origin", "http://evil.example")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("model=1")
+        .send()
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    // The page's own choice: the button that names SmolLM2.gguf.
+    let before = &page[..page.find("SmolLM2.gguf").unwrap()];
+    let index = before[before.rfind("value=").unwrap() + 6..].split('>').next().unwrap().to_string();
+    let chosen = client
+        .post(format!("{url}/choose"))
+        .header("Origin", &url)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("model={index}"))
+        .send()
+        .unwrap();
+    assert_eq!(chosen.status(), 200);
+    assert!(chosen.text().unwrap().contains("Starting SmolLM2.gguf"));
+
+    // The same file starts again on the same address with that model, and the page there is the chat.
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.contains("chat with SmolLM2") && line.trim().ends_with(&format!("{url}/")), "{line}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while client.get(format!("{url}/health")).send().map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(std::time::Instant::now() < deadline, "the chosen model never became ready");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let models: serde_json::Value = client.get(format!("{url}/v1/models")).send().unwrap().json().unwrap();
+    assert!(models["data"][0]["id"].as_str().unwrap().contains("SmolLM2"), "{models}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
