@@ -226,36 +226,9 @@ impl Bundle {
                 }
             }
         };
-        let (model_offset, model_len) = {
-            let entry = match archive.by_name(MODEL_ENTRY) {
-                Ok(entry) => entry,
-                Err(zip::result::ZipError::FileNotFound) => return Ok(None),
-                Err(e) => return Err(corrupt(path, format!("cannot read {MODEL_ENTRY}: {e}"))),
-            };
-            if entry.compression() != CompressionMethod::Stored {
-                return Err(corrupt(path, format!("{MODEL_ENTRY} is compressed, so it cannot be mapped")));
-            }
-            let offset =
-                entry.data_start().ok_or_else(|| corrupt(path, format!("{MODEL_ENTRY} has no data offset")))?;
-            (offset, entry.size())
-        };
-        check_span_fits(path, model_offset, model_len, file_len)?;
-        if model_offset % 32 != 0 {
-            return Err(corrupt(path, format!("the model starts at byte {model_offset}, not 32-byte aligned")));
-        }
-        let draft = match archive.by_name(DRAFT_ENTRY) {
-            Ok(entry) => {
-                let offset = entry.data_start().filter(|_| entry.compression() == CompressionMethod::Stored);
-                let offset = offset.ok_or_else(|| corrupt(path, format!("{DRAFT_ENTRY} is not stored whole")))?;
-                check_span_fits(path, offset, entry.size(), file_len)?;
-                if offset % 32 != 0 {
-                    return Err(corrupt(path, format!("the draft model starts at byte {offset}, not 32-byte aligned")));
-                }
-                Some(ModelSpan::new(path.to_path_buf(), offset, entry.size()))
-            }
-            Err(zip::result::ZipError::FileNotFound) => None,
-            Err(e) => return Err(corrupt(path, format!("cannot read {DRAFT_ENTRY}: {e}"))),
-        };
+        // No model entry: a bare engine (its archive holds only the engine).
+        let Some(model) = stored_gguf(&mut archive, path, MODEL_ENTRY, file_len)? else { return Ok(None) };
+        let draft = stored_gguf(&mut archive, path, DRAFT_ENTRY, file_len)?;
         let manifest_bytes = read_entry(&mut archive, path, MANIFEST_ENTRY, 1 << 20)?;
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| corrupt(path, format!("{MANIFEST_ENTRY} is not valid: {e}")))?;
@@ -268,7 +241,7 @@ impl Bundle {
                 ),
             ));
         }
-        if manifest.engine_len > model_offset {
+        if manifest.engine_len > model.offset {
             return Err(corrupt(path, "the manifest's engine length runs into the model".into()));
         }
         let args_bytes = match archive.index_for_name(ARGS_ENTRY) {
@@ -306,7 +279,6 @@ impl Bundle {
             web_bytes += data.len() as u64;
             web.push((name[WEB_PREFIX.len()..].to_string(), data));
         }
-        let model = ModelSpan::new(path.to_path_buf(), model_offset, model_len);
         Ok(Some(Bundle {
             manifest,
             model,
@@ -319,6 +291,30 @@ impl Bundle {
             signature,
         }))
     }
+}
+
+/// Where the GGUF stored under `name` lies in the file, checked to be stored whole (so it can be mapped), inside
+/// the file and 32-byte aligned; `None` when the archive has no such entry.
+fn stored_gguf(
+    archive: &mut zip::ZipArchive<&mut File>,
+    path: &Path,
+    name: &str,
+    file_len: u64,
+) -> Result<Option<ModelSpan>, BundleError> {
+    let entry = match archive.by_name(name) {
+        Ok(entry) => entry,
+        Err(zip::result::ZipError::FileNotFound) => return Ok(None),
+        Err(e) => return Err(corrupt(path, format!("cannot read {name}: {e}"))),
+    };
+    if entry.compression() != CompressionMethod::Stored {
+        return Err(corrupt(path, format!("{name} is compressed, so it cannot be mapped")));
+    }
+    let offset = entry.data_start().ok_or_else(|| corrupt(path, format!("{name} has no data offset")))?;
+    check_span_fits(path, offset, entry.size(), file_len)?;
+    if offset % 32 != 0 {
+        return Err(corrupt(path, format!("{name} starts at byte {offset}, not 32-byte aligned")));
+    }
+    Ok(Some(ModelSpan::new(path.to_path_buf(), offset, entry.size())))
 }
 
 fn corrupt(path: &Path, reason: String) -> BundleError {
