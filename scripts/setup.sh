@@ -5,7 +5,7 @@
 # qemu-user and binutils (the engine test runs the file on an emulated processor without AVX and reads its
 # libraries' needs), gdb (the sandbox test probes the running server from inside), and in a virtual environment
 # under ~/.cache/stove/venv the official `openai` and `anthropic` Python clients (the API tests) and the `gguf`
-# package (the template tests write models with other templates).
+# package (the template tests write models with other templates), and `pypdf` (the document tests lock a PDF).
 # Installs only what is missing; uses sudo when not root.
 set -euo pipefail
 
@@ -42,7 +42,7 @@ fi
 if [[ "${1:-}" == --test ]]; then
   # Pinned, so the tests run against known clients; pip reaches PyPI once, then the venv is reused.
   venv="${XDG_CACHE_HOME:-$HOME/.cache}/stove/venv"
-  pins=(openai==3.54.0 anthropic==2.15.0 gguf==0.19.0)
+  pins=(openai==3.54.0 anthropic==2.15.0 gguf==0.19.0 pypdf==7.1.1)
   if ! "$venv/bin/python" - "${pins[@]}" <<'PY' 2>/dev/null; then
 import importlib.metadata, sys
 sys.exit(any(importlib.metadata.version(name) != version for name, version in (p.split("==") for p in sys.argv[1:])))

@@ -7,6 +7,7 @@
 //! |-----------------------|--------------------------------------------------------------|
 //! | `stove/model.gguf`    | the GGUF, stored, its first byte at a 64 KiB-aligned offset  |
 //! | `stove/draft.gguf`    | optional: a draft model for speculative decoding, stored, 32 KiB-aligned |
+//! | `stove/embedding.gguf`| optional: an embedding model that serves `/v1/embeddings`, stored, 32 KiB-aligned |
 //! | `engine/...`          | the engine the launcher loads, and `engine/index.json` listing it ([`crate::launch`]) |
 //! | `stove/manifest.json` | [`Manifest`]: what the model is, who packed it, every part's SHA-256 |
 //! | `stove/signature.json`| optional Ed25519 signature over the manifest's bytes ([`crate::signing`]) |
@@ -30,6 +31,8 @@ use crate::gguf::{self, GgufError, GgufInfo};
 pub const MODEL_ENTRY: &str = "stove/model.gguf";
 /// A draft model for speculative decoding (`pack --draft`), stored and aligned like the model.
 pub const DRAFT_ENTRY: &str = "stove/draft.gguf";
+/// An embedding model (`pack --embedding-model`) that serves `/v1/embeddings` in place of the chat model.
+pub const EMBEDDING_ENTRY: &str = "stove/embedding.gguf";
 pub const MANIFEST_ENTRY: &str = "stove/manifest.json";
 pub const ARGS_ENTRY: &str = "stove/args.json";
 pub const CHAT_TEMPLATE_ENTRY: &str = "stove/chat_template.jinja";
@@ -64,6 +67,9 @@ pub struct Manifest {
     /// The draft model (`stove/draft.gguf`), when the bundle carries one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft: Option<ModelManifest>,
+    /// The embedding model (`stove/embedding.gguf`), when the bundle carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<ModelManifest>,
     /// SHA-256 of `stove/args.json`, when the bundle has default arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args_sha256: Option<String>,
@@ -132,6 +138,8 @@ pub struct Bundle {
     pub model: ModelSpan,
     /// The draft model for speculative decoding, when the bundle carries one.
     pub draft: Option<ModelSpan>,
+    /// The embedding model that serves `/v1/embeddings`, when the bundle carries one.
+    pub embedding: Option<ModelSpan>,
     pub default_args: Vec<String>,
     /// Files under `web/` in the payload, with that prefix removed.
     pub web: Vec<(String, Vec<u8>)>,
@@ -229,6 +237,7 @@ impl Bundle {
         // No model entry: a bare engine (its archive holds only the engine).
         let Some(model) = stored_gguf(&mut archive, path, MODEL_ENTRY, file_len)? else { return Ok(None) };
         let draft = stored_gguf(&mut archive, path, DRAFT_ENTRY, file_len)?;
+        let embedding = stored_gguf(&mut archive, path, EMBEDDING_ENTRY, file_len)?;
         let manifest_bytes = read_entry(&mut archive, path, MANIFEST_ENTRY, 1 << 20)?;
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| corrupt(path, format!("{MANIFEST_ENTRY} is not valid: {e}")))?;
@@ -283,6 +292,7 @@ impl Bundle {
             manifest,
             model,
             draft,
+            embedding,
             default_args,
             web,
             manifest_bytes,
@@ -438,6 +448,7 @@ mod tests {
                 default_args: vec!["--ctx-size".into(), "512".into()],
                 sign: None,
                 draft: None,
+                embedding_model: None,
             })
             .unwrap();
             std::fs::read(&out).unwrap()

@@ -123,6 +123,10 @@ pub struct RunArgs {
     #[arg(long, global = true, default_value_t = crate::engine::DEFAULT_NGRAM, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub spec_ngram: u16,
+    /// An embedding model (a GGUF that pools, e.g. nomic-embed-text or bge, or another stove file's model) that
+    /// serves /v1/embeddings in place of the chat model; the page then ranks document passages with it too
+    #[arg(long, global = true, value_name = "PATH")]
+    pub embedding_model: Option<PathBuf>,
     /// Read the weights into memory instead of mapping them from the file
     #[arg(long, global = true)]
     pub no_mmap: bool,

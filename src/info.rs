@@ -66,6 +66,17 @@ fn print_model(path: &Path, template_file: Option<&Path>) -> Result<Option<(Gguf
                 span.offset
             );
         }
+        if let (Some(embedding), Some(span)) = (&m.embedding, &bundle.embedding) {
+            println!(
+                "  embeddings   {} ({} {}, {:.1} M parameters, {}) at byte {}: serves /v1/embeddings",
+                embedding.file_name,
+                embedding.architecture,
+                embedding.quantization,
+                embedding.parameters as f64 / 1e6,
+                human_bytes(embedding.size),
+                span.offset
+            );
+        }
     }
     println!("  name         {}", gguf.name.as_deref().unwrap_or("(none)"));
     println!("  architecture {}", gguf.architecture);

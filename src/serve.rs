@@ -127,6 +127,12 @@ pub fn run(source: &ModelSource, settings: &Settings) -> Result<()> {
                 if let Some(gpu) = runtime.gpus.first() {
                     eprintln!("GPU: {} ({}): {}", gpu.description, gpu.backend, runtime.offload.describe());
                 }
+                if let Some(embedding) = &runtime.embedding_model {
+                    eprintln!(
+                        "embeddings: {} ({} numbers a vector, inputs up to {} tokens)",
+                        embedding.name, embedding.dimensions, embedding.context_size
+                    );
+                }
                 if runtime.speculation.mode == crate::engine::SpecMode::Draft {
                     eprintln!(
                         "speculative decoding: the draft model guesses up to {} tokens",
@@ -143,14 +149,15 @@ pub fn run(source: &ModelSource, settings: &Settings) -> Result<()> {
     })
 }
 
-/// Enters the sandbox (`sandbox.rs`) unless `--no-sandbox`: the model's file (and a draft model's) stays readable. Call it on the main
-/// thread before the engine starts. A layer this kernel lacks is one line on stderr.
+/// Enters the sandbox (`sandbox.rs`) unless `--no-sandbox`: the model's file (and a draft or embedding model's)
+/// stays readable. Call it on the main thread before the engine starts. A layer this kernel lacks is one line on stderr.
 pub fn confine(source: &ModelSource, settings: &Settings) -> Confinement {
     if !settings.sandbox {
         return Confinement::off("--no-sandbox");
     }
     let mut readable = vec![source.span().path.as_path()];
     readable.extend(settings.engine.draft.as_ref().map(|span| span.path.as_path()));
+    readable.extend(settings.engine.embedding_model.as_ref().map(|span| span.path.as_path()));
     let confinement = sandbox::enter(&readable);
     for note in &confinement.notes {
         eprintln!("sandbox: {note}");

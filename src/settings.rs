@@ -67,6 +67,7 @@ impl Settings {
                 kv_cache,
                 speculation: speculation(run)?,
                 draft: draft(run, source)?,
+                embedding_model: embedding_model(run, source)?,
             },
             sampling: SamplingParams {
                 temperature: run.temperature,
@@ -127,6 +128,15 @@ fn draft(run: &RunArgs, source: &ModelSource) -> Result<Option<ModelSpan>> {
     };
     let source = crate::bundle::open_model(path).with_context(|| format!("--draft {}", path.display()))?;
     Ok(Some(source.span().clone()))
+}
+
+/// The embedding model `--embedding-model` names (checked to be one), or else the one the bundle carries.
+fn embedding_model(run: &RunArgs, source: &ModelSource) -> Result<Option<ModelSpan>> {
+    match (&run.embedding_model, source) {
+        (Some(path), _) => Ok(Some(crate::pack::check_embedding_model(path)?.0)),
+        (None, ModelSource::Bundle(bundle)) => Ok(bundle.embedding.clone()),
+        (None, _) => Ok(None),
+    }
 }
 
 /// The API key from `--api-key`, `STOVE_API_KEY` or `--api-key-file`.

@@ -14,8 +14,8 @@ use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{
-    Bundle, BundleError, ModelSource, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY, DRAFT_ENTRY, MANIFEST_ENTRY, MODEL_ENTRY,
-    SIGNATURE_ENTRY, WEB_PREFIX,
+    Bundle, BundleError, ModelSource, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY, DRAFT_ENTRY, EMBEDDING_ENTRY, MANIFEST_ENTRY,
+    MODEL_ENTRY, SIGNATURE_ENTRY, WEB_PREFIX,
 };
 use crate::cli::{RunArgs, VerifyArgs};
 use crate::hardware::human_bytes;
@@ -103,17 +103,21 @@ pub fn check(bundle: &Bundle, required: Option<&VerifyingKey>) -> Result<Report>
         size: Some(bundle.model.len),
         state: compare(&model, Some(&manifest.model.sha256)),
     });
-    match (&bundle.draft, &manifest.draft) {
-        (None, None) => {}
-        (Some(draft), recorded) => {
-            let actual = hashed(draft.offset, draft.len, "checking draft model")?;
-            parts.push(Part {
-                name: "draft model".into(),
-                size: Some(draft.len),
-                state: compare(&actual, recorded.as_ref().map(|r| r.sha256.as_str())),
-            });
+    let others =
+        [("draft model", &bundle.draft, &manifest.draft), ("embedding model", &bundle.embedding, &manifest.embedding)];
+    for (name, span, recorded) in others {
+        match (span, recorded) {
+            (None, None) => {}
+            (Some(span), recorded) => {
+                let actual = hashed(span.offset, span.len, &format!("checking {name}"))?;
+                parts.push(Part {
+                    name: name.into(),
+                    size: Some(span.len),
+                    state: compare(&actual, recorded.as_ref().map(|r| r.sha256.as_str())),
+                });
+            }
+            (None, Some(_)) => parts.push(Part { name: name.into(), size: None, state: State::Missing }),
         }
-        (None, Some(_)) => parts.push(Part { name: "draft model".into(), size: None, state: State::Missing }),
     }
     match (&bundle.args_bytes, &manifest.args_sha256) {
         (None, None) => {}
@@ -171,8 +175,16 @@ fn check_layout(bundle: &Bundle) -> Result<Vec<Part>> {
             .name()
             .map(|n| n.into_owned())
             .unwrap_or_else(|_| String::from_utf8_lossy(entry.name_raw()).into_owned());
-        let known = [MODEL_ENTRY, DRAFT_ENTRY, MANIFEST_ENTRY, SIGNATURE_ENTRY, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY]
-            .contains(&name.as_str())
+        let known = [
+            MODEL_ENTRY,
+            DRAFT_ENTRY,
+            EMBEDDING_ENTRY,
+            MANIFEST_ENTRY,
+            SIGNATURE_ENTRY,
+            ARGS_ENTRY,
+            CHAT_TEMPLATE_ENTRY,
+        ]
+        .contains(&name.as_str())
             || name.starts_with(ARCHIVE_DIR)
             || name.starts_with(WEB_PREFIX);
         if !known {

@@ -22,12 +22,6 @@ fn open(server: &Server) -> Page {
     page
 }
 
-/// Checks the page talked to stove alone and its security policy never had to block anything.
-fn assert_offline(page: &Page, server: &Server) {
-    assert_eq!(page.foreign_requests(&server.url), Vec::<String>::new(), "requests to other hosts");
-    assert_eq!(page.policy_violations(), Vec::<String>::new(), "content the page's policy blocked");
-}
-
 fn sidebar(page: &Page) -> Vec<String> {
     let list =
         page.text("JSON.stringify([...document.querySelectorAll('#conversations .open')].map(b => b.textContent))");
@@ -39,15 +33,6 @@ fn send_and_wait(page: &Page, question: &str) {
     page.send(question);
     page.wait_for(&format!("document.querySelectorAll('.message.assistant').length > {answers}"));
     page.wait_answered();
-}
-
-/// The chat completion requests the page sent, as JSON.
-fn chat_requests(page: &Page) -> Vec<Value> {
-    page.requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && r.url.ends_with("/v1/chat/completions"))
-        .map(|r| serde_json::from_str(r.body.as_deref().expect("a request body")).unwrap())
-        .collect()
 }
 
 /// A conversation file with every kind of Markdown, and things a hostile model might write.
@@ -144,7 +129,7 @@ fn a_question_streams_an_answer_that_can_be_regenerated_and_edited() {
     page.wait_for("document.querySelectorAll('.message.user').length === 2");
     page.wait_answered();
     assert_eq!(page.messages("user")[1], "Two lines:\nthis is the second.");
-    assert_offline(&page, &server);
+    page.assert_offline(&server.url);
 }
 
 #[test]
@@ -172,7 +157,7 @@ fn stop_and_escape_end_an_answer_early_and_free_its_slot() {
     send_and_wait(&page, "Say hi.");
     assert_eq!(page.messages("assistant").len(), 3);
     assert_eq!(page.count(".message.error"), 0);
-    assert_offline(&page, &server);
+    page.assert_offline(&server.url);
 }
 
 #[test]
@@ -254,7 +239,7 @@ fn conversations_survive_reloads_and_restarts_and_can_be_switched_renamed_and_de
     page.wait_ready();
     assert_eq!(sidebar(&page), ["Say hi.", "What is the capital of Germany?", "Paris trip"]);
     assert_eq!(page.messages("user"), ["Say hi."]);
-    assert_offline(&page, &server);
+    page.assert_offline(&server.url);
 }
 
 #[test]
@@ -271,7 +256,7 @@ fn settings_are_kept_per_conversation_and_sent_with_its_questions() {
     page.fill("[name=max_tokens]", "3");
     page.fill("[name=seed]", "42");
     send_and_wait(&page, "Which city is the capital of France?");
-    let sent = chat_requests(&page);
+    let sent = page.chat_requests();
     assert_eq!(sent.len(), 1);
     let body = &sent[0];
     assert_eq!(body["messages"][0], json!({"role": "system", "content": "Answer in one word."}));
@@ -288,7 +273,7 @@ fn settings_are_kept_per_conversation_and_sent_with_its_questions() {
     page.click("#new-chat");
     assert_eq!(page.text("document.querySelector('[name=max_tokens]').value"), "");
     send_and_wait(&page, "Hello!");
-    let body = chat_requests(&page).pop().unwrap();
+    let body = page.chat_requests().pop().unwrap();
     assert!(body.get("max_tokens").is_none() && body.get("temperature").is_none(), "{body}");
     assert_eq!(body["messages"][0]["role"], "user", "the server adds its own default system prompt");
     page.reload();
@@ -299,7 +284,7 @@ fn settings_are_kept_per_conversation_and_sent_with_its_questions() {
     assert_eq!(page.text("document.querySelector('[name=system_prompt]').value"), "Answer in one word.");
     page.click("#reset-settings");
     assert_eq!(page.text("document.querySelector('[name=max_tokens]').value"), "");
-    assert_offline(&page, &server);
+    page.assert_offline(&server.url);
 }
 
 #[test]
@@ -358,7 +343,7 @@ fn markdown_renders_safely_and_conversations_export_and_import() {
     page.wait_for("!document.getElementById('toast').hidden");
     assert!(page.text("document.getElementById('toast').textContent").contains("no \"messages\" list"));
     assert_eq!(sidebar(&page).len(), 3);
-    assert_offline(&page, &server);
+    page.assert_offline(&server.url);
 }
 
 #[test]
@@ -397,7 +382,7 @@ fn server_errors_are_shown_in_the_conversation() {
     page.wait_for("!document.querySelector('.message.error')");
     page.wait_answered();
     assert_eq!(page.messages("assistant").len(), 1);
-    assert_offline(&page, &server);
+    page.assert_offline(&server.url);
 }
 
 #[test]
@@ -419,7 +404,7 @@ fn themes_follow_the_system_or_the_choice_and_the_page_fits_a_phone() {
     page.reload();
     page.wait_ready();
     assert_eq!(background(), "rgb(251, 250, 248)");
-    assert_offline(&page, &server);
+    page.assert_offline(&server.url);
     eprintln!("screenshots: {} {}", light.display(), dark.display());
 
     // A phone-sized window: the conversations slide in from a button and out again once one is chosen.
@@ -438,7 +423,7 @@ fn themes_follow_the_system_or_the_choice_and_the_page_fits_a_phone() {
     send_and_wait(&phone, "Say hi.");
     phone.screenshot("chat-phone.png");
     assert_eq!(phone.eval("document.documentElement.scrollWidth <= window.innerWidth"), Value::Bool(true));
-    assert_offline(&phone, &server);
+    phone.assert_offline(&server.url);
 }
 
 #[test]
@@ -509,5 +494,5 @@ fn thinking_streams_into_a_collapsed_block_and_tool_calls_show_as_cards() {
     let arguments = page.text("document.querySelector('.tool-call .tool-arguments').textContent");
     assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), json!({"city": "Paris"}), "{arguments}");
     page.screenshot("thinking-and-tool-call");
-    assert_offline(&page, &server);
+    page.assert_offline(&server.url);
 }

@@ -75,6 +75,8 @@ pub struct EngineConfig {
     pub speculation: SpecConfig,
     /// A draft model for speculation (`--draft`): a GGUF, or the model of another stove file.
     pub draft: Option<ModelSpan>,
+    /// An embedding model that serves embeddings in place of the model (`--embedding-model`).
+    pub embedding_model: Option<ModelSpan>,
 }
 
 /// What the page, `/v1/models` and `stove info` show about the model.
@@ -113,6 +115,18 @@ pub struct Runtime {
     pub kv_cache: KvCache,
     /// The speculation that runs (`mode` none when the model cannot have it).
     pub speculation: SpecConfig,
+    /// The embedding model that answers embedding requests, when there is one (else the model does).
+    pub embedding_model: Option<EmbeddingModel>,
+}
+
+/// An embedding model loaded beside the chat model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EmbeddingModel {
+    pub name: String,
+    /// Tokens one input may hold.
+    pub context_size: u32,
+    /// Numbers in each vector.
+    pub dimensions: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -302,8 +316,8 @@ impl Engine {
         texts: &[String],
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Embeddings, EngineError>>, EngineError> {
         let prompter = self.prompter()?;
-        let inputs = texts.iter().map(|text| prompter.tokenize_text(text)).collect::<Result<Vec<_>, _>>()?;
-        embed::check_budget(&inputs, u64::from(prompter.context_size) * 16)?;
+        let inputs = texts.iter().map(|text| prompter.tokenize_input(text)).collect::<Result<Vec<_>, _>>()?;
+        embed::check_budget(&inputs, u64::from(prompter.embedding_context()) * 16)?;
         let (reply, receiver) = tokio::sync::oneshot::channel();
         self.queue(Work::Embed(EmbedJob { inputs, reply }))?;
         Ok(receiver)

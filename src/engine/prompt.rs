@@ -114,6 +114,9 @@ pub struct Prepared {
 /// tokenizing here while the worker decodes is safe (llama-server does the same).
 pub struct Prompter {
     pub model: Arc<LlamaModel>,
+    /// The embedding model (`--embedding-model`) and the tokens one input may hold, when there is one: inputs
+    /// to embed are its tokens, not the chat model's.
+    pub embedder: Option<(Arc<LlamaModel>, u32)>,
     pub template: Template,
     pub system_prompt: Option<String>,
     /// Tokens one conversation may hold.
@@ -203,6 +206,26 @@ impl Prompter {
             return Err(EngineError::PromptTooLong { prompt_tokens, context_size: self.context_size });
         }
         Ok(tokens)
+    }
+
+    /// Tokenizes an input to embed, with the embedding model's vocabulary when there is one.
+    pub fn tokenize_input(&self, text: &str) -> Result<Vec<LlamaToken>, EngineError> {
+        let Some((embedder, context_size)) = &self.embedder else { return self.tokenize_text(text) };
+        // Its own special tokens (a BERT model's [CLS] and [SEP]) are added; any in the text are plain text.
+        let tokens = embedder.vocab().tokenize(text.as_bytes(), true, false);
+        let prompt_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
+        if prompt_tokens == 0 {
+            return Err(EngineError::Template("the input is empty".into()));
+        }
+        if prompt_tokens > *context_size {
+            return Err(EngineError::PromptTooLong { prompt_tokens, context_size: *context_size });
+        }
+        Ok(tokens)
+    }
+
+    /// Tokens one input to embed may hold.
+    pub fn embedding_context(&self) -> u32 {
+        self.embedder.as_ref().map_or(self.context_size, |(_, size)| *size)
     }
 
     /// The rendered prompt and what generation needs, with the default system prompt when the conversation

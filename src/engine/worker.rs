@@ -18,7 +18,7 @@ use super::metrics::Metrics;
 use super::prompt::{Prompter, Template};
 use super::slot::{Outcome, Slot};
 use super::speculation::{SpecMode, Speculation};
-use super::{init_backend, page_in, EngineConfig, EngineError, LoadState, Runtime, Status, Work};
+use super::{init_backend, page_in, EmbeddingModel, EngineConfig, EngineError, LoadState, Runtime, Status, Work};
 use crate::bundle::ModelSpan;
 use crate::gguf::ModelLayout;
 use crate::hardware;
@@ -90,8 +90,15 @@ impl Worker {
         let slot_context = ctx.n_ctx() / parallel;
         let custom = config.chat_template.as_ref().map(|(source, origin)| (source.as_str(), *origin));
         let template = Template::load(&model, custom)?;
+        // The models beside the model go where it went: all on the GPUs when it fits there, else the CPU.
+        let beside_gpu_layers = if offload.layers > 0 && offload.layers >= offload.total_layers { -1 } else { 0 };
+        let embedder = match &config.embedding_model {
+            Some(span) => Some(load_embedder(&backend, span, config.use_mmap, beside_gpu_layers)?),
+            None => None,
+        };
         let _ = self.prompter.set(Prompter {
             model: Arc::clone(&model),
+            embedder: embedder.as_ref().map(|(model, about)| (Arc::clone(model), about.context_size)),
             template,
             system_prompt: config.system_prompt.clone(),
             context_size: slot_context,
@@ -106,9 +113,7 @@ impl Worker {
         }
         let draft_model = match (&config.draft, spec_config.mode) {
             (Some(span), SpecMode::Auto | SpecMode::Draft) if spec_config.enabled() => {
-                // The draft goes where the model went: all on the GPUs when the model fits there, else the CPU.
-                let gpu_layers = if offload.layers > 0 && offload.layers >= offload.total_layers { -1 } else { 0 };
-                Some(load_draft(&backend, span, &model, config.use_mmap, gpu_layers)?)
+                Some(load_draft(&backend, span, &model, config.use_mmap, beside_gpu_layers)?)
             }
             _ => None,
         };
@@ -146,6 +151,7 @@ impl Worker {
             offload,
             kv_cache: config.kv_cache,
             speculation: spec_config,
+            embedding_model: embedder.as_ref().map(|(_, about)| about.clone()),
         }));
 
         let batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
@@ -156,7 +162,11 @@ impl Worker {
             batch,
             slots,
             slot_context,
-            embedding: EmbedQueue::new(&model, &backend, slot_context, threads),
+            // Embeddings come from the embedding model when there is one, else from the model's own states.
+            embedding: match &embedder {
+                Some((embedder, about)) => EmbedQueue::new(embedder, &backend, about.context_size, threads),
+                None => EmbedQueue::new(&model, &backend, slot_context, threads),
+            },
             metrics: &self.metrics,
             speculation,
             step: 0,
@@ -207,6 +217,30 @@ fn load_draft(
     }
     Ok(draft)
 }
+
+/// Loads the embedding model (`--embedding-model`); its inputs may hold its trained context, up to 8192 tokens
+/// (each input is one decode).
+fn load_embedder(
+    backend: &llama_cpp_2::llama_backend::LlamaBackend,
+    span: &ModelSpan,
+    use_mmap: bool,
+    gpu_layers: i32,
+) -> Result<(Arc<LlamaModel>, EmbeddingModel), String> {
+    let model = crate::llama::load_model_at(backend, &span.path, span.offset, use_mmap, gpu_layers)
+        .map_err(|e| format!("the embedding model: {e}"))?;
+    let name = model.meta_val_str("general.name").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| {
+        span.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "embedding model".into())
+    });
+    let about = EmbeddingModel {
+        name,
+        context_size: model.n_ctx_train().clamp(1, MAX_EMBEDDING_CONTEXT),
+        dimensions: u32::try_from(model.n_embd()).unwrap_or(0),
+    };
+    Ok((Arc::new(model), about))
+}
+
+/// Tokens an input to a separate embedding model may hold (each input is one batch of this many).
+const MAX_EMBEDDING_CONTEXT: u32 = 8192;
 
 /// Up to [`DEFAULT_PARALLEL`] slots, fewer when their KV cache would take more than a quarter of the memory
 /// that is free once the model is loaded.

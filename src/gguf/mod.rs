@@ -25,6 +25,9 @@ pub struct GgufInfo {
     pub quantization: String,
     pub context_length: Option<u64>,
     pub chat_template: Option<String>,
+    /// Whether the model pools its states into one vector per text (`{arch}.pooling_type`, not none): what
+    /// embedding models carry.
+    pub pools: bool,
     /// Offset of the tensor data section from the start of the GGUF.
     pub data_offset: u64,
     pub layout: ModelLayout,
@@ -182,6 +185,7 @@ pub fn read_info<R: Read + Seek>(file: R, offset: u64, len: u64) -> Result<GgufI
     let key_size = number("attention.key_length").unwrap_or(head_size);
     let value_size = number("attention.value_length").unwrap_or(head_size);
     layout.kv_bytes_per_token_layer = kv_heads.saturating_mul(key_size.saturating_add(value_size)).saturating_mul(2);
+    let pools = number("pooling_type").is_some_and(|t| t > 0);
     let quantization = match values.get("general.file_type") {
         Some(Value::Uint(t)) => file_type_name(*t),
         _ => "unknown".to_string(),
@@ -194,6 +198,7 @@ pub fn read_info<R: Read + Seek>(file: R, offset: u64, len: u64) -> Result<GgufI
         quantization,
         context_length,
         chat_template: text("tokenizer.chat_template"),
+        pools,
         data_offset,
         layout,
     })

@@ -17,8 +17,8 @@ use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;
 
 use crate::bundle::{
-    self, Bundle, Manifest, ModelManifest, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY, DRAFT_ENTRY, MANIFEST_ENTRY,
-    MODEL_ALIGNMENT, MODEL_ENTRY, SIGNATURE_ENTRY,
+    self, Bundle, Manifest, ModelManifest, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY, DRAFT_ENTRY, EMBEDDING_ENTRY,
+    MANIFEST_ENTRY, MODEL_ALIGNMENT, MODEL_ENTRY, SIGNATURE_ENTRY,
 };
 use crate::signing;
 
@@ -52,6 +52,8 @@ pub struct PackOptions {
     /// A draft model for speculative decoding (a GGUF or another stove file's model), checked to share the
     /// model's vocabulary.
     pub draft: Option<PathBuf>,
+    /// An embedding model (a GGUF that pools, or another stove file's model) to serve `/v1/embeddings`.
+    pub embedding_model: Option<PathBuf>,
 }
 
 pub struct Packed {
@@ -91,6 +93,29 @@ fn check_draft(path: &Path, model: &bundle::ModelSpan) -> Result<(bundle::ModelS
             "the draft model {} has another vocabulary than the model, so it cannot guess its tokens; use a \
              smaller model of the same family (the same tokenizer)",
             path.display()
+        );
+    }
+    let file_name = match &source {
+        bundle::ModelSource::Bundle(b) => b.manifest.model.file_name.clone(),
+        bundle::ModelSource::Gguf(_) => file_name_of(path),
+    };
+    let len = span.len;
+    Ok((span, model_manifest(file_name, len, info)))
+}
+
+/// The embedding model `--embedding-model` names, and its manifest entry. Refused unless its GGUF names a
+/// pooling type (what embedding models carry, and what makes llama.cpp give one vector per text): a chat
+/// model's vectors are already served without it.
+pub(crate) fn check_embedding_model(path: &Path) -> Result<(bundle::ModelSpan, ModelManifest)> {
+    let source = bundle::open_model(path).with_context(|| format!("--embedding-model {}", path.display()))?;
+    let span = source.span().clone();
+    let info = span.read_info()?;
+    if !info.pools {
+        bail!(
+            "{} is not an embedding model: its GGUF names no pooling type ({}.pooling_type); pack a model made \
+             for embeddings (nomic-embed-text, bge, e5, gte …); without one, /v1/embeddings uses the chat model",
+            path.display(),
+            info.architecture
         );
     }
     let file_name = match &source {
@@ -168,6 +193,7 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
         default_args: args.default_args.clone(),
         sign: args.sign.as_deref().map(signing::load_signing_key).transpose()?,
         draft: run.draft.clone(),
+        embedding_model: run.embedding_model.clone(),
     })?;
     let manifest = &packed.bundle.manifest;
     println!(
@@ -216,6 +242,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     };
     let name = options.name.clone().unwrap_or_else(|| default_name(&file_name));
     let draft = options.draft.as_deref().map(|path| check_draft(path, &span)).transpose()?;
+    let embedding = options.embedding_model.as_deref().map(check_embedding_model).transpose()?;
     let web_files = match &options.web {
         Some(dir) => collect_web_files(dir)?,
         None => Vec::new(),
@@ -226,7 +253,12 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         format!(
             "while writing {} (if the disk is full, free at least {} MB there or choose another -o)",
             temp.path().display(),
-            (engine_len + options.engine.files_len() + span.len + draft.as_ref().map_or(0, |(d, _)| d.len)) >> 20
+            (engine_len
+                + options.engine.files_len()
+                + span.len
+                + draft.as_ref().map_or(0, |(d, _)| d.len)
+                + embedding.as_ref().map_or(0, |(e, _)| e.len))
+                >> 20
         )
     };
 
@@ -257,6 +289,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
             .collect(),
         model: model_manifest(file_name, span.len, info),
         draft: draft.as_ref().map(|(_, manifest)| manifest.clone()),
+        embedding: embedding.as_ref().map(|(_, manifest)| manifest.clone()),
     };
     let payload = Payload {
         manifest,
@@ -267,6 +300,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         web: &web_files,
         sign: options.sign.as_ref(),
         draft: draft.as_ref().map(|(span, _)| span),
+        embedding: embedding.as_ref().map(|(span, _)| span),
     };
     let (file, manifest) = match write_payload(out, &span, payload) {
         Ok(written) => written,
@@ -286,7 +320,8 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     let size = temp.as_file().metadata()?.len();
     temp.persist(&options.out).with_context(|| format!("while moving the packed file to {}", options.out.display()))?;
     let draft = bundle.draft.as_ref().map(|d| d.moved_to(options.out.clone()));
-    let bundle = Bundle { model: bundle.model.moved_to(options.out.clone()), draft, ..bundle };
+    let embedding = bundle.embedding.as_ref().map(|e| e.moved_to(options.out.clone()));
+    let bundle = Bundle { model: bundle.model.moved_to(options.out.clone()), draft, embedding, ..bundle };
     Ok(Packed { bundle, size })
 }
 
@@ -339,26 +374,31 @@ struct Payload<'a> {
     web: &'a [(String, Vec<u8>)],
     sign: Option<&'a SigningKey>,
     draft: Option<&'a bundle::ModelSpan>,
+    embedding: Option<&'a bundle::ModelSpan>,
 }
 
 /// Writes the archive after the launcher: the model (aligned, stored), the engine's files and their index,
 /// the manifest with the model's and the index's SHA-256, its signature, the default arguments and the page
 /// files. Returns the file and the completed manifest.
 fn write_payload(out: BufWriter<File>, span: &bundle::ModelSpan, payload: Payload) -> io::Result<(File, Manifest)> {
-    let Payload { mut manifest, engine, launcher_sha256, args, chat_template, web, sign, draft } = payload;
+    let Payload { mut manifest, engine, launcher_sha256, args, chat_template, web, sign, draft, embedding } = payload;
     let mut zip = zip::ZipWriter::new(out);
     let mut write_entries = |zip: &mut zip::ZipWriter<BufWriter<File>>| -> io::Result<()> {
         let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
         let aligned = stored.with_alignment(ZIP_ALIGNMENT as u16).large_file(span.len >= u32::MAX as u64);
         zip.start_file(MODEL_ENTRY, aligned)?;
         manifest.model.sha256 = copy_with_progress(span, zip)?;
-        if let (Some(draft), Some(recorded)) = (draft, manifest.draft.as_mut()) {
-            // 32 KiB-aligned, so its data is 32-byte aligned as llama.cpp maps it.
-            zip.start_file(
-                DRAFT_ENTRY,
-                stored.with_alignment(ZIP_ALIGNMENT as u16).large_file(draft.len >= u32::MAX as u64),
-            )?;
-            recorded.sha256 = copy_with_progress(draft, zip)?;
+        // The other models: 32 KiB-aligned, so their data is 32-byte aligned as llama.cpp maps it.
+        let others =
+            [(DRAFT_ENTRY, draft, manifest.draft.as_mut()), (EMBEDDING_ENTRY, embedding, manifest.embedding.as_mut())];
+        for (entry, span, recorded) in others {
+            if let (Some(span), Some(recorded)) = (span, recorded) {
+                zip.start_file(
+                    entry,
+                    stored.with_alignment(ZIP_ALIGNMENT as u16).large_file(span.len >= u32::MAX as u64),
+                )?;
+                recorded.sha256 = copy_with_progress(span, zip)?;
+            }
         }
         let index = engine::write_files(zip, engine, launcher_sha256)?;
         manifest.engine_index_sha256 = Some(hex(&Sha256::digest(&index)));

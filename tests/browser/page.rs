@@ -1,6 +1,9 @@
 //! The chat page driven in Debian's headless Chromium over the DevTools protocol: every request the page
 //! makes is recorded (to prove it talks to stove alone), and Content-Security-Policy violations are caught.
 
+// Shared by the page tests (tests/browser.rs) and the document tests (tests/documents.rs); each uses a part.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -195,6 +198,21 @@ impl Page {
         self.requests.lock().unwrap().clone()
     }
 
+    /// The chat completion requests the page sent, as JSON.
+    pub fn chat_requests(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.url.ends_with("/v1/chat/completions"))
+            .map(|r| serde_json::from_str(r.body.as_deref().expect("a request body")).unwrap())
+            .collect()
+    }
+
+    /// Checks the page talked to `origin` alone and its security policy never had to block anything.
+    pub fn assert_offline(&self, origin: &str) {
+        assert_eq!(self.foreign_requests(origin), Vec::<String>::new(), "requests to other hosts");
+        assert_eq!(self.policy_violations(), Vec::<String>::new(), "content the page's policy blocked");
+    }
+
     /// Requests the page made to anywhere but `origin`.
     pub fn foreign_requests(&self, origin: &str) -> Vec<String> {
         self.requests()
@@ -238,7 +256,13 @@ impl Page {
 
     /// Hands `path` to the file input `selector`, as choosing it in the file dialog would.
     pub fn choose_file(&self, selector: &str, path: &Path) {
-        self.tab.find_element(selector).unwrap().set_input_files(&[path.to_str().unwrap()]).unwrap();
+        self.choose_files(selector, &[path]);
+    }
+
+    /// Hands several files at once to the file input `selector` (one that takes `multiple`).
+    pub fn choose_files(&self, selector: &str, paths: &[&Path]) {
+        let paths: Vec<&str> = paths.iter().map(|p| p.to_str().unwrap()).collect();
+        self.tab.find_element(selector).unwrap().set_input_files(&paths).unwrap();
     }
 
     /// Saves a screenshot under target/screenshots for a person to look at.

@@ -55,6 +55,45 @@ export async function info() {
   return response.json();
 }
 
+/** Characters per /tokenize request: well under stove's 4 MiB request limit, even with JSON's escapes. */
+const TOKENIZE_CHARS = 512 * 1024;
+
+/**
+ * The number of tokens `text` is to the model, counted by stove (`/tokenize`). Long texts go in pieces cut at
+ * line ends, so the count may differ from one whole by a token or so per piece.
+ */
+export async function countTokens(text) {
+  let total = 0;
+  for (let start = 0; start < text.length; ) {
+    let end = Math.min(start + TOKENIZE_CHARS, text.length);
+    if (end < text.length) {
+      const line = text.lastIndexOf("\n", end);
+      if (line > start) end = line + 1;
+    }
+    const response = await api("tokenize", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ content: text.slice(start, end) }),
+    });
+    if (!response.ok) throw await errorOf(response);
+    total += (await response.json()).tokens.length;
+    start = end;
+  }
+  return total;
+}
+
+/** L2-normalized vectors of `texts` from stove's embedding model (`/v1/embeddings`), as Float32Arrays. */
+export async function embed(texts) {
+  const response = await api("v1/embeddings", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ input: texts }),
+  });
+  if (!response.ok) throw await errorOf(response);
+  const body = await response.json();
+  return body.data.sort((a, b) => a.index - b.index).map((d) => Float32Array.from(d.embedding));
+}
+
 async function errorOf(response) {
   const body = await response.json().catch(() => ({}));
   const retryAfter = Number(response.headers.get("Retry-After")) || null;

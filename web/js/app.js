@@ -9,6 +9,7 @@ import { toast, copyText } from "./ui.js";
 import { connect } from "./connection.js";
 import { select, newChat } from "./sidebar.js";
 import { send, stop } from "./messages.js";
+import { hasPending, takePending } from "./attachments.js";
 
 // ---- Theme ---------------------------------------------------------------------------------------------
 
@@ -42,14 +43,20 @@ $("close-sidebar").addEventListener("click", () => toggleSidebar(false));
 $("new-chat").addEventListener("click", newChat);
 el.stop.addEventListener("click", stop);
 
-el.composer.addEventListener("submit", (event) => {
+el.composer.addEventListener("submit", async (event) => {
   event.preventDefault();
   const text = el.prompt.value.trim();
-  if (!text || state.generation) return;
+  if ((!text && !hasPending()) || state.generation || state.sending) return;
   if (!state.ready) return toast("stove is not answering yet; your message stays here until it is back.");
+  // Attached files may still be counted; the message waits for them (and stays put if one fails).
+  state.sending = true;
+  const attachments = await takePending().finally(() => (state.sending = false));
+  if (!attachments) return;
+  // What was typed while the files were counted belongs to the message too.
+  const question = el.prompt.value.trim();
   el.prompt.value = "";
   autosize();
-  send(text);
+  send(question, attachments);
 });
 
 const PROMPT_MAX_HEIGHT = 240;

@@ -87,6 +87,13 @@ function showModel() {
     ["GPU", gpu],
     ["KV cache", `${r.kv_cache.type_k} keys, ${r.kv_cache.type_v} values · flash attention ${r.kv_cache.flash_attn}`],
     ["Speculation", speculation(r.speculation)],
+    // Which model ranks the passages of attached files by meaning (and answers /v1/embeddings).
+    [
+      "Embeddings",
+      r.embedding_model
+        ? `${r.embedding_model.name} (${r.embedding_model.dimensions} dimensions)`
+        : "the chat model (passages of files are ranked by their words)",
+    ],
     ["Loaded in", `${formatNumber(r.load_seconds, 1)} s${r.mmap ? ", mapped from the file" : ""}`],
     ["Sandbox", state.info.sandbox ? state.info.sandbox.summary : "unknown"],
     ["stove", `${state.info.stove_version} (${state.info.stove_commit})`],

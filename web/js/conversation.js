@@ -1,5 +1,8 @@
 // A conversation as the page keeps it, and its two export formats (JSON and Markdown), both of which import
 // back. Settings hold only what the person changed; the rest comes from the model's defaults at send time.
+// A question may carry attached files ({name, size, kind, text, pages, tokens}) and, once sent, the `context`
+// they became in the prompt (whole, or chosen passages listed in `sources`); the JSON export keeps all of it,
+// the Markdown export names the files only.
 
 export const SETTINGS = ["system_prompt", "temperature", "top_p", "top_k", "min_p", "max_tokens", "seed"];
 const ROLES = ["user", "assistant"];
@@ -15,7 +18,8 @@ export function create(model) {
 /** The sidebar's name for a conversation: its own title, or the start of its first question. */
 export function titleOf(conversation) {
   if (conversation.title) return conversation.title;
-  const first = conversation.messages.find((m) => m.role === "user")?.content.trim();
+  const question = conversation.messages.find((m) => m.role === "user");
+  const first = question?.content.trim() || question?.attachments?.[0]?.name;
   if (!first) return "New chat";
   const line = first.split("\n")[0];
   return line.length > 60 ? `${line.slice(0, 57)}…` : line;
@@ -27,7 +31,11 @@ export function titleOf(conversation) {
  */
 export function requestBody(conversation) {
   const own = conversation.settings;
-  const messages = conversation.messages.map(({ role, content }) => ({ role, content }));
+  // Attached files go before the question, as the text chosen for them when it was first sent.
+  const messages = conversation.messages.map(({ role, content, context }) => ({
+    role,
+    content: context ? `${context}\n\n${content}` : content,
+  }));
   if (own.system_prompt) messages.unshift({ role: "system", content: own.system_prompt });
   const body = { messages };
   for (const name of SETTINGS.filter((n) => n !== "system_prompt")) {
@@ -39,9 +47,12 @@ export function requestBody(conversation) {
 export function toJson(conversation) {
   const { model, created, updated, settings, messages } = conversation;
   const out = { format: FORMAT, version: 1, title: titleOf(conversation), model, created, updated, settings };
-  out.messages = messages.map(({ role, content, meta, reasoning, tool_calls }) => ({
+  out.messages = messages.map(({ role, content, meta, reasoning, tool_calls, attachments, context, sources }) => ({
     role,
     content,
+    // The files as they were read; the vectors kept for retrieval are made again where they are needed.
+    ...(attachments ? { attachments: attachments.map(attachmentOf) } : {}),
+    ...(context !== undefined ? { context, sources } : {}),
     ...(reasoning ? { reasoning } : {}),
     ...(tool_calls ? { tool_calls } : {}),
     ...(meta ? { meta } : {}),
@@ -53,6 +64,7 @@ export function toJson(conversation) {
 // never splits it on import.
 const MARKER = /^<!-- stove:(user|assistant) -->$/;
 const HEADINGS = { user: "## You", assistant: "## Assistant" };
+const ATTACHED = /^\*Attached: .*\*$/;
 
 export function toMarkdown(conversation) {
   const parts = [`# ${titleOf(conversation)}`, ""];
@@ -60,7 +72,9 @@ export function toMarkdown(conversation) {
   const system = conversation.settings.system_prompt;
   if (system) parts.push("<!-- stove:system -->", "> **System prompt:** " + system.replace(/\n/g, "\n> "), "");
   for (const message of conversation.messages) {
-    parts.push(`<!-- stove:${message.role} -->`, HEADINGS[message.role], "", message.content, "");
+    parts.push(`<!-- stove:${message.role} -->`, HEADINGS[message.role], "");
+    if (message.attachments?.length) parts.push(`*Attached: ${message.attachments.map((a) => a.name).join(", ")}*`, "");
+    parts.push(message.content, "");
   }
   return parts.join("\n");
 }
@@ -73,6 +87,20 @@ function toolCall(call) {
     id: String(call?.id ?? ""),
     name: String(name),
     arguments: typeof args === "string" ? args : JSON.stringify(args),
+  };
+}
+
+/** An attached file from an exported conversation, or null when it is not one. */
+function attachmentOf(a) {
+  const pages = Array.isArray(a?.pages) && a.pages.every((p) => typeof p === "string") ? a.pages : null;
+  if (typeof a?.name !== "string" || typeof a.text !== "string") return null;
+  return {
+    name: a.name,
+    size: Number.isFinite(a.size) ? a.size : a.text.length,
+    kind: typeof a.kind === "string" ? a.kind : "text",
+    text: a.text,
+    pages,
+    tokens: Number.isFinite(a.tokens) ? a.tokens : 0,
   };
 }
 
@@ -102,6 +130,16 @@ export function parse(text, fileName, model) {
         throw new Error(`Message ${i + 1} of ${fileName} needs a role of "user" or "assistant" and text content.`);
       }
       const message = { role: m.role, content: m.content };
+      if (m.role === "user" && Array.isArray(m.attachments) && m.attachments.length) {
+        message.attachments = m.attachments.map(attachmentOf);
+        if (message.attachments.includes(null)) {
+          throw new Error(`Message ${i + 1} of ${fileName} has an attached file without a name or text.`);
+        }
+        if (typeof m.context === "string") {
+          message.context = m.context;
+          message.sources = Array.isArray(m.sources) ? m.sources : [];
+        }
+      }
       if (m.meta) message.meta = m.meta;
       if (typeof m.reasoning === "string" && m.reasoning) message.reasoning = m.reasoning;
       if (Array.isArray(m.tool_calls) && m.tool_calls.length) message.tool_calls = m.tool_calls.map(toolCall);
@@ -124,6 +162,10 @@ export function parse(text, fileName, model) {
         conversation.settings.system_prompt = body.trim();
       } else if (role) {
         if (lines[0] === HEADINGS[role]) lines = lines.slice(1);
+        // The names of attached files (their text travels only in the JSON export).
+        if (role === "user" && ATTACHED.test(lines.find((l) => l.trim()) || "")) {
+          lines = lines.slice(lines.findIndex((l) => l.trim()) + 1);
+        }
         conversation.messages.push({ role, content: lines.join("\n").trim() });
       }
       lines = [];

@@ -5,6 +5,8 @@ import * as api from "./api.js";
 import * as conv from "./conversation.js";
 import { MarkdownView, renderInto } from "./markdown.js";
 import { thinkingView, toolCallsView, updateThinking } from "./parts.js";
+import { chip, restore } from "./attachments.js";
+import { documentContext, placeOf } from "./retrieval.js";
 import { $, el, state } from "./page.js";
 import { make, toast, copyText, formatNumber } from "./ui.js";
 import { touch, newChat } from "./sidebar.js";
@@ -31,6 +33,11 @@ function messageView(message, index) {
   if (message.role === "assistant") renderInto(content, message.content);
   else content.textContent = message.content;
   if (message.reasoning) view.append(thinkingView(message.reasoning));
+  if (message.attachments?.length) {
+    view.append(
+      make("ul", { class: "chips sent", "aria-label": "Attached files" }, ...message.attachments.map((a) => chip(a))),
+    );
+  }
   const label = message.role === "user" ? "You" : "Assistant";
   view.setAttribute("aria-label", label);
   const actions = make("div", { class: "actions" });
@@ -70,8 +77,14 @@ function messageView(message, index) {
     make("span", { class: "meta", text: metaText(message.meta) }),
     actions,
   );
+  if (message.role === "user" && !message.content && message.attachments?.length) content.hidden = true;
   view.append(content);
   if (message.tool_calls?.length) view.append(toolCallsView(message.tool_calls));
+  if (message.meta?.sources?.length) {
+    // Which passages of the attached files the answer was given (files too long to go in whole).
+    const places = message.meta.sources.map(placeOf).join(" · ");
+    view.append(make("p", { class: "sources", text: `Passages used: ${places}` }));
+  }
   view.append(foot);
   return view;
 }
@@ -149,15 +162,77 @@ function failureView(failure) {
   return view;
 }
 
+/** Shows `message` under the open conversation (a file that could not be attached, say); nothing is lost. */
+export function notify(message) {
+  showFailure(state.current, { message });
+}
+
 function showFailure(conversation, failure) {
   if (conversation !== state.current) return toast(failure.message, null, true);
   state.failure = failure;
   renderConversation();
 }
 
+/**
+ * Tokens the conversation holds before its last message: the last answer's usage, plus a count of whatever
+ * came after it or was never counted (an imported conversation).
+ */
+async function tokensBefore(conversation) {
+  const history = conversation.messages.slice(0, -1);
+  const lastCounted = history.findLastIndex((m) => m.meta?.prompt_tokens !== undefined);
+  const meta = history[lastCounted]?.meta;
+  const uncounted = history.slice(lastCounted + 1).map((m) => `${m.context || ""}${m.content}`);
+  if (!meta && conversation.settings.system_prompt) uncounted.push(conversation.settings.system_prompt);
+  const text = uncounted.join("\n");
+  // Each message also costs its template's few tokens (role markers).
+  const framing = 8 * conversation.messages.length;
+  return (meta ? meta.prompt_tokens + meta.completion_tokens : 0) + (text ? await api.countTokens(text) : 0) + framing;
+}
+
+/**
+ * Decides what of the files goes into the prompt for the last question, from the room the context has left:
+ * its own attached files (whole, or the passages that best answer it), and new passages of earlier files that
+ * were too long to go in whole, so a follow-up question about another part of them finds it. What was decided
+ * is kept with the message, so later turns send the same text (and reuse stove's prompt cache).
+ */
+async function placeDocuments(conversation) {
+  const message = conversation.messages.at(-1);
+  if (message?.role !== "user" || message.context !== undefined) return;
+  const earlier = conversation.messages.slice(0, -1).filter((m) => m.role === "user" && m.sources?.length);
+  const searched = earlier.flatMap((m) => m.attachments || []);
+  const files = [...(message.attachments || []), ...searched];
+  if (!files.length) return;
+  const sent = new Set(earlier.flatMap((m) => m.sources.map((s) => `${s.file}\u0000${s.part}`)));
+  const size = state.info.runtime.context_size;
+  const own = conversation.settings.max_tokens ?? state.defaults.max_tokens;
+  // Room kept for the answer: the conversation's max tokens, or an eighth of the context.
+  const answer = Number.isFinite(own) && own > 0 ? Math.min(own, size / 2) : Math.max(256, Math.floor(size / 8));
+  const question = await api.countTokens(message.content || " ");
+  const room = size - (await tokensBefore(conversation)) - question - answer;
+  // With an embedding model, passages are also ranked by meaning; their vectors are kept with the files.
+  const model = state.info.runtime.embedding_model?.name;
+  const embedder = model ? { model, embed: api.embed } : null;
+  const progress = (file, done, total) => toast(`Reading ${file} for the question: ${done} of ${total} passages…`);
+  const followUp = !message.attachments?.length;
+  const options = { embedder, progress, sent, followUp };
+  const { text, sources } = await documentContext(files, message.content, room, options);
+  // Nothing new to add for a follow-up whose best passages were all sent before.
+  if (!text) return;
+  message.context = text;
+  message.sources = sources;
+}
+
 /** Writes the next assistant message of `conversation`, streaming it onto the page. */
 async function generate(conversation) {
   state.failure = null;
+  try {
+    await placeDocuments(conversation);
+  } catch (error) {
+    // Not even one passage fits: the same as a question too long for the context.
+    const failure =
+      error instanceof api.ServerError ? error : { code: "context_length_exceeded", message: error.message };
+    return handleFailure(conversation, failure);
+  }
   const view = make(
     "article",
     { class: "message assistant streaming", "aria-label": "Assistant", "aria-busy": "true" },
@@ -221,6 +296,8 @@ async function generate(conversation) {
     if (stopped) meta.ending = "stopped";
     else if (failure) meta.ending = "interrupted";
     else if (result.finishReason === "length") meta.ending = "length";
+    const asked = conversation.messages.at(-1);
+    if (asked?.sources?.length) meta.sources = asked.sources;
     const message = { role: "assistant", content: g.text, meta };
     if (g.reasoning) message.reasoning = g.reasoning;
     if (result?.toolCalls.length) message.tool_calls = result.toolCalls;
@@ -244,6 +321,18 @@ function handleFailure(conversation, error) {
       conversation.messages.pop();
       touch(conversation);
       if (conversation === state.current && !el.prompt.value) el.prompt.value = last.content;
+      if (conversation === state.current && last.attachments?.length) {
+        restore(
+          last.attachments.map(({ name, size, kind, text, pages, tokens }) => ({
+            name,
+            size,
+            kind,
+            text,
+            pages,
+            tokens,
+          })),
+        );
+      }
     }
     return showFailure(conversation, {
       message: `Too long for the model's context: ${sentence(error.message)} Your message is back in the box below: shorten it, edit an earlier message, or start a new chat.`,
@@ -263,11 +352,14 @@ function handleFailure(conversation, error) {
   showFailure(conversation, { message: sentence(error.message), retry });
 }
 
-export async function send(text) {
+/** Sends a question, with the files attached to it (see attachments.js), and writes the answer. */
+export async function send(text, attachments = []) {
   if (!state.current) newChat();
   const conversation = state.current;
   if (!conversation.model && state.info) conversation.model = state.info.model.name;
-  conversation.messages.push({ role: "user", content: text });
+  const message = { role: "user", content: text };
+  if (attachments.length) message.attachments = attachments;
+  conversation.messages.push(message);
   // Saved while the answer starts: the Stop button appears with the keypress that sent the question.
   touch(conversation);
   await generate(conversation);
@@ -291,9 +383,13 @@ function edit(index) {
   area.value = conversation.messages[index].content;
   const save = async () => {
     const text = area.value.trim();
-    if (!text || state.generation) return;
+    const { attachments } = conversation.messages[index];
+    if ((!text && !attachments?.length) || state.generation) return;
     conversation.messages.splice(index);
-    conversation.messages.push({ role: "user", content: text });
+    // The files stay with the edited question; what of them goes in is decided again for it.
+    const message = { role: "user", content: text };
+    if (attachments?.length) message.attachments = attachments;
+    conversation.messages.push(message);
     touch(conversation);
     await generate(conversation);
   };

@@ -35,7 +35,11 @@ export const state = {
    * markdown}.
    */
   generation: null,
+  /** Files attached to the message being written (attachments.js), kept when switching conversations. */
+  pending: [],
   /** A failure shown under the current conversation: {message, retry}. */
   failure: null,
   reconnecting: false,
+  /** A message waiting for its attached files to be counted before it goes. */
+  sending: false,
 };

@@ -50,7 +50,12 @@ export async function touch(conversation) {
     // IndexedDB stores a structured clone taken now, so later changes to the object are not half-saved.
     await store.save(conversation);
   } catch (error) {
-    toast(`Could not keep this conversation in the browser: ${error.message}`, null, true);
+    // Attached files make conversations large; a full store keeps this one for the visit only.
+    const full = error?.name === "QuotaExceededError";
+    const reason = full
+      ? "this browser's storage for the page is full. Delete old conversations (those with large files first) to make room; until then this one lasts until the page is closed."
+      : error.message;
+    toast(`Could not keep this conversation in the browser: ${reason}`, null, true);
   }
 }
 

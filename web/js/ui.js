@@ -53,3 +53,10 @@ export async function copyText(text) {
 export function formatNumber(n, digits = 0) {
   return Number(n).toLocaleString(undefined, { maximumFractionDigits: digits, minimumFractionDigits: digits });
 }
+
+/** A file size as people read it: 812 bytes, 14 KB, 3.2 MB. */
+export function formatBytes(bytes) {
+  if (bytes < 1024) return `${bytes} bytes`;
+  if (bytes < 1024 * 1024) return `${formatNumber(bytes / 1024)} KB`;
+  return `${formatNumber(bytes / 1024 / 1024, bytes < 10 * 1024 * 1024 ? 1 : 0)} MB`;
+}
