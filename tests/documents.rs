@@ -162,10 +162,11 @@ fn files_are_read_counted_sent_whole_kept_and_exported() {
 
 #[test]
 fn a_file_far_longer_than_the_context_gives_the_passages_that_answer() {
-    // The bundle's context is 1024 tokens; long-notes.txt is about forty times that.
-    let server = Server::start(bundle(), &[]);
+    // The bundle's context is 1024 tokens; long-notes.pdf (49 pages) is about thirty times that. Greedy, so
+    // the screenshot (README's) shows the same answer every time.
+    let server = Server::start(bundle(), &["--temperature", "0"]);
     let page = open(&server);
-    page.choose_file("#attach-file", &fixture("long-notes.txt"));
+    page.choose_file("#attach-file", &fixture("long-notes.pdf"));
     let counted = chips(&page, 1);
     assert!(counted[0].1 > 20_000, "{counted:?}");
 
@@ -178,10 +179,10 @@ fn a_file_far_longer_than_the_context_gives_the_passages_that_answer() {
     // The passage holding the fact, and where the footer says it came from.
     let at = question.find(PLANTED).unwrap();
     let tag = &question[question[..at].rfind("<passage ").unwrap()..at];
-    let part = tag.split("part=\"").nth(1).unwrap().split('"').next().unwrap();
+    let number = tag.split("page=\"").nth(1).unwrap().split('"').next().unwrap();
     page.screenshot("documents-passages.png");
     let footer = page.text("document.querySelector('.message.assistant .sources').textContent");
-    assert!(footer.contains(&format!("long-notes.txt, part {part}")), "{footer}");
+    assert!(footer.contains(&format!("long-notes.pdf, page {number}")), "{footer}");
 
     // The prompt the page built fits the context: stove answers it (the page's own request succeeded too).
     let body = page.chat_requests().pop().unwrap();
@@ -223,6 +224,21 @@ fn files_that_cannot_be_read_are_refused_with_the_reason_and_the_draft_kept() {
     chips(&page, 1);
     page.click("#attachments .chip .remove");
     assert_eq!(page.count("#attachments .chip"), 0);
+    assert_eq!(page.text("document.getElementById('prompt').value"), "my half-written question");
+
+    // Dropping a file on the chat and pasting one into the message box attach it as the button does.
+    page.eval(
+        "(() => { const files = new DataTransfer(); \
+         files.items.add(new File(['dish,minutes\\nsoup,20\\n'], 'dropped.csv', { type: 'text/csv' })); \
+         document.getElementById('chat').dispatchEvent(new DragEvent('drop', { dataTransfer: files, bubbles: true, cancelable: true })); })()",
+    );
+    chips(&page, 1);
+    page.eval(
+        "(() => { const files = new DataTransfer(); files.items.add(new File(['fn soup() {}\\n'], 'pasted.rs')); \
+         document.getElementById('prompt').dispatchEvent(new ClipboardEvent('paste', { clipboardData: files, bubbles: true, cancelable: true })); })()",
+    );
+    let names: Vec<String> = chips(&page, 2).into_iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["dropped.csv", "pasted.rs"]);
     assert_eq!(page.text("document.getElementById('prompt').value"), "my half-written question");
     assert!(page.chat_requests().is_empty(), "nothing was sent");
     page.assert_offline(&server.url);
@@ -365,4 +381,114 @@ fn pack_carries_an_embedding_model_that_info_lists_and_verify_checks() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not an embedding model"));
     assert!(!refused.exists());
+}
+
+/// The sum of the resident memory of `root`'s process tree (Chromium's browser, renderer and GPU processes).
+fn tree_rss(root: u32) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![root];
+    while let Some(pid) = pending.pop() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+        total += kib.unwrap_or(0) * 1024;
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        pending.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+    }
+    total
+}
+
+/// Runs `script` (an async function body) in the page while sampling the browser's memory every 10 ms; returns
+/// its result and the peak memory added over what the browser held before, in MiB.
+fn measured(page: &Page, script: &str) -> (Value, f64) {
+    let browser = page.browser_pid();
+    let before = tree_rss(browser);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(tree_rss(browser));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    // Objects come back from the page as JSON text (DevTools returns them by reference otherwise).
+    let result = page.eval(&format!("(async () => JSON.stringify(await (async () => {{ {script} }})()))()"));
+    let result: Value = serde_json::from_str(result.as_str().expect("the script's result")).unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    (result, peak.saturating_sub(before) as f64 / (1 << 20) as f64)
+}
+
+/// `scripts/bench-documents` runs this: extraction of a 100-page PDF and retrieval over 1,000 passages in
+/// headless Chromium, with the peak memory the browser added while doing each. Not part of the test run.
+#[test]
+#[ignore = "a benchmark: scripts/bench-documents"]
+fn bench_documents() {
+    let dir = scratch().join("bench-documents");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/documents.py");
+    let status = Command::new(python()).arg(script).arg(&dir).args(["--pages", "100"]).status().unwrap();
+    assert!(status.success());
+    let server = Server::start(bundle(), &[]);
+    let page = open(&server);
+    page.eval("document.body.append(Object.assign(document.createElement('input'), {type: 'file', id: 'bench-file'}))");
+    page.choose_file("#bench-file", &dir.join("report.pdf"));
+    let runs = 5;
+    let mut report = Vec::new();
+    for run in 0..runs {
+        let (result, peak) = measured(
+            &page,
+            "const { extract } = await import('./js/extract.js');\
+             const file = document.getElementById('bench-file').files[0];\
+             const started = performance.now(); const read = await extract(file);\
+             return { ms: performance.now() - started, pages: read.pages.length, chars: read.text.length, bytes: file.size };",
+        );
+        assert_eq!(result["pages"], 100, "{result}");
+        println!(
+            "extract 100-page PDF run {run}: {:.0} ms, peak +{peak:.1} MiB ({result})",
+            result["ms"].as_f64().unwrap()
+        );
+        report.push(("extract", result["ms"].as_f64().unwrap(), peak));
+    }
+    for run in 0..runs {
+        // 1,000 passages of ~1,100 characters: 4,000 made-up paragraphs of ~270.
+        let (result, peak) = measured(
+            &page,
+            "const { passagesOf, rank, documentContext } = await import('./js/retrieval.js');\
+             const words = 'river meadow copper lantern season harbour timber valley orchard pepper garden market bridge candle winter summer kettle barley village window'.split(' ');\
+             let seed = 7; const next = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;\
+             const paragraphs = []; for (let i = 0; i < 4000; i++) { const s = []; for (let j = 0; j < 40; j++) s.push(words[Math.floor(next() * words.length)]); paragraphs.push(s.join(' ') + '.'); }\
+             paragraphs[1777] += ' The lighthouse keeper keeps the spare key under the blue heron statue.';\
+             const text = paragraphs.join('\\n\\n'); const file = { name: 'big.txt', text, tokens: Math.round(text.length / 4.2), pages: null };\
+             const started = performance.now();\
+             const passages = passagesOf(file); const split = performance.now();\
+             const ranked = rank(passages, 'Where does the lighthouse keeper keep the spare key?'); const ranking = performance.now();\
+             const context = await documentContext([file], 'Where does the lighthouse keeper keep the spare key?', 3000);\
+             return { passages: passages.length, split_ms: split - started, rank_ms: ranking - split, context_ms: performance.now() - ranking, found: context.text.includes('blue heron') };",
+        );
+        assert_eq!(result["found"], true, "{result}");
+        let passages = result["passages"].as_u64().unwrap();
+        assert!((900..=1100).contains(&passages), "{result}");
+        let total = result["split_ms"].as_f64().unwrap() + result["rank_ms"].as_f64().unwrap();
+        println!("retrieve over {passages} passages run {run}: {total:.0} ms, peak +{peak:.1} MiB ({result})");
+        report.push(("retrieve", result["context_ms"].as_f64().unwrap(), peak));
+    }
+    let median = |kind: &str, pick: fn(&(&str, f64, f64)) -> f64| {
+        let mut values: Vec<f64> = report.iter().filter(|r| r.0 == kind).map(pick).collect();
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        values[values.len() / 2]
+    };
+    println!(
+        "\nmedian of {runs}: extract a 100-page PDF {:.0} ms (peak +{:.0} MiB); choose passages over 1,000 (split, \
+         index, rank, fit) {:.0} ms (peak +{:.0} MiB)",
+        median("extract", |r| r.1),
+        median("extract", |r| r.2),
+        median("retrieve", |r| r.1),
+        median("retrieve", |r| r.2)
+    );
 }

@@ -4,9 +4,9 @@
 
 DIR gets: report.pdf (a PDF with a text layer, one known sentence per page; N pages, 2 unless --pages),
 scanned.pdf (a page that is only a picture), locked.pdf (report.pdf locked with a password, through pypdf),
-letter.docx (a Word document), dishes.csv, stove.rs (source code), notes.bin (binary), long-notes.txt (many
-times a small context, one planted fact in the middle) and short-notes.txt (a little over a small context, the
-same fact planted). PDFs and the .docx are written by hand here, so what
+letter.docx (a Word document), dishes.csv, stove.rs (source code), notes.bin (binary), long-notes.pdf (many
+times a small context, one planted fact in the middle; a sentence a line, 50 lines a page) and short-notes.txt
+(a little over a small context, the same fact planted). PDFs and the .docx are written by hand here, so what
 they hold is exactly what the tests expect to read back.
 """
 
@@ -102,8 +102,8 @@ def docx(paragraphs):
     return files
 
 
-def long_text(paragraphs, planted_at, seed=7):
-    """Paragraphs of made-up sentences from WORDS (none about lighthouses or keys), with PLANTED in one."""
+def long_paragraphs(paragraphs, planted_at, seed=7):
+    """Paragraphs (lists of sentences) made up from WORDS (none about lighthouses or keys), PLANTED in one."""
     rng = random.Random(seed)
     out = []
     for i in range(paragraphs):
@@ -113,8 +113,20 @@ def long_text(paragraphs, planted_at, seed=7):
             sentences.append(" ".join(words).capitalize() + ".")
         if i == planted_at:
             sentences.insert(2, PLANTED)
-        out.append(" ".join(sentences))
-    return "\n\n".join(out) + "\n"
+        out.append(sentences)
+    return out
+
+
+def long_text(paragraphs, planted_at, seed=7):
+    return "\n\n".join(" ".join(p) for p in long_paragraphs(paragraphs, planted_at, seed)) + "\n"
+
+
+def long_pdf(paragraphs, planted_at):
+    """The same made-up text as a PDF: a sentence a line, a blank line between paragraphs, 50 lines a page."""
+    lines = []
+    for paragraph in long_paragraphs(paragraphs, planted_at):
+        lines += paragraph + [""]
+    return text_pdf([lines[i : i + 50] for i in range(0, len(lines), 50)])
 
 
 def main():
@@ -140,7 +152,7 @@ def main():
     (out / "dishes.csv").write_text("dish,minutes,serves\nlentil soup,35,4\nbarley bread,90,8\nplum cake,60,12\n")
     (out / "stove.rs").write_text('fn main() {\n    let dish = "soup";\n    println!("cooking {dish}");\n}\n')
     (out / "notes.bin").write_bytes(bytes(range(256)) * 64)
-    (out / "long-notes.txt").write_text(long_text(400, 233))
+    (out / "long-notes.pdf").write_bytes(long_pdf(400, 233))
     (out / "short-notes.txt").write_text(long_text(16, 11, seed=11))
 
 

@@ -25,7 +25,7 @@ pub struct SeenRequest {
 
 pub struct Page {
     // Kept alive for the tab's sake.
-    _browser: Browser,
+    browser: Browser,
     pub tab: Arc<Tab>,
     requests: Arc<Mutex<Vec<SeenRequest>>>,
 }
@@ -104,7 +104,12 @@ impl Page {
             run_immediately: None,
         })
         .unwrap();
-        Page { _browser: browser, tab, requests }
+        Page { browser, tab, requests }
+    }
+
+    /// The browser's process (its renderers are its children).
+    pub fn browser_pid(&self) -> u32 {
+        self.browser.get_process_id().expect("a browser this test started")
     }
 
     pub fn goto(&self, url: &str) {

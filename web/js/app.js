@@ -51,9 +51,10 @@ el.composer.addEventListener("submit", async (event) => {
   // Attached files may still be counted; the message waits for them (and stays put if one fails).
   state.sending = true;
   const attachments = await takePending().finally(() => (state.sending = false));
-  if (!attachments) return;
   // What was typed while the files were counted belongs to the message too.
   const question = el.prompt.value.trim();
+  // Files still being read stay in the box; with nothing else, there is nothing to send yet.
+  if (!attachments || (!question && !attachments.length)) return;
   el.prompt.value = "";
   autosize();
   send(question, attachments);

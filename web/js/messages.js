@@ -195,7 +195,7 @@ async function tokensBefore(conversation) {
  * were too long to go in whole, so a follow-up question about another part of them finds it. What was decided
  * is kept with the message, so later turns send the same text (and reuse stove's prompt cache).
  */
-async function placeDocuments(conversation) {
+async function placeDocuments(conversation, progress) {
   const message = conversation.messages.at(-1);
   if (message?.role !== "user" || message.context !== undefined) return;
   const earlier = conversation.messages.slice(0, -1).filter((m) => m.role === "user" && m.sources?.length);
@@ -212,7 +212,6 @@ async function placeDocuments(conversation) {
   // With an embedding model, passages are also ranked by meaning; their vectors are kept with the files.
   const model = state.info.runtime.embedding_model?.name;
   const embedder = model ? { model, embed: api.embed } : null;
-  const progress = (file, done, total) => toast(`Reading ${file} for the question: ${done} of ${total} passages…`);
   const followUp = !message.attachments?.length;
   const options = { embedder, progress, sent, followUp };
   const { text, sources } = await documentContext(files, message.content, room, options);
@@ -225,14 +224,6 @@ async function placeDocuments(conversation) {
 /** Writes the next assistant message of `conversation`, streaming it onto the page. */
 async function generate(conversation) {
   state.failure = null;
-  try {
-    await placeDocuments(conversation);
-  } catch (error) {
-    // Not even one passage fits: the same as a question too long for the context.
-    const failure =
-      error instanceof api.ServerError ? error : { code: "context_length_exceeded", message: error.message };
-    return handleFailure(conversation, failure);
-  }
   const view = make(
     "article",
     { class: "message assistant streaming", "aria-label": "Assistant", "aria-busy": "true" },
@@ -256,6 +247,13 @@ async function generate(conversation) {
   let result = null;
   let failure = null;
   try {
+    // Choosing what of the attached files goes in may take a while (embedding a long file's passages): the
+    // answer's place already shows, with Stop.
+    await placeDocuments(conversation, (file, done, total) => {
+      view.querySelector(".meta").textContent = `reading ${file} for the question: ${done} of ${total} passages…`;
+    });
+    if (g.controller.signal.aborted) throw new DOMException("Stopped before the answer began.", "AbortError");
+    g.started = performance.now();
     result = await api.streamChat(conv.requestBody(conversation), {
       signal: g.controller.signal,
       onText: (text) => {

@@ -191,9 +191,12 @@ export async function documentContext(attachments, question, room, options = {})
   if (!chosen.length) {
     // A follow-up is answered from what the conversation already holds.
     if (followUp) return { text: "", sources: [] };
-    throw new Error(
+    // Handled as a question too long for the context: it is given back, with its files.
+    const error = new Error(
       "The conversation has no room left for passages of the attached files: start a new chat and attach them there.",
     );
+    error.code = "context_length_exceeded";
+    throw error;
   }
   // In reading order, so passages next to each other read on.
   chosen.sort((a, b) => all.indexOf(a) - all.indexOf(b));
