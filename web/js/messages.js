@@ -198,26 +198,42 @@ async function tokensBefore(conversation) {
 async function placeDocuments(conversation, progress) {
   const message = conversation.messages.at(-1);
   if (message?.role !== "user" || message.context !== undefined) return;
-  const earlier = conversation.messages.slice(0, -1).filter((m) => m.role === "user" && m.sources?.length);
-  const searched = earlier.flatMap((m) => m.attachments || []);
-  const files = [...(message.attachments || []), ...searched];
-  if (!files.length) return;
-  const sent = new Set(earlier.flatMap((m) => m.sources.map((s) => `${s.file}\u0000${s.part}`)));
+  const own = message.attachments || [];
+  // Files of earlier questions that went in as passages (their names are in the sources): a follow-up may be
+  // about another part of them. Passages already sent are not sent again.
+  const history = conversation.messages.slice(0, -1).filter((m) => m.role === "user");
+  const searchedNames = new Set(history.flatMap((m) => (m.sources || []).map((s) => s.file)));
+  const searched = history.flatMap((m) => m.attachments || []).filter((a) => searchedNames.has(a.name));
+  if (!own.length && !searched.length) return;
+  const sent = new Set(history.flatMap((m) => (m.sources || []).map((s) => `${s.file}\u0000${s.part}`)));
+
   const size = state.info.runtime.context_size;
-  const own = conversation.settings.max_tokens ?? state.defaults.max_tokens;
+  const maxTokens = conversation.settings.max_tokens ?? state.defaults.max_tokens;
   // Room kept for the answer: the conversation's max tokens, or an eighth of the context.
-  const answer = Number.isFinite(own) && own > 0 ? Math.min(own, size / 2) : Math.max(256, Math.floor(size / 8));
+  const answer =
+    Number.isFinite(maxTokens) && maxTokens > 0 ? Math.min(maxTokens, size / 2) : Math.max(256, Math.floor(size / 8));
   const question = await api.countTokens(message.content || " ");
-  const room = size - (await tokensBefore(conversation)) - question - answer;
+  let room = size - (await tokensBefore(conversation)) - question - answer;
   // With an embedding model, passages are also ranked by meaning; their vectors are kept with the files.
   const model = state.info.runtime.embedding_model?.name;
   const embedder = model ? { model, embed: api.embed } : null;
-  const followUp = !message.attachments?.length;
-  const options = { embedder, progress, sent, followUp };
-  const { text, sources } = await documentContext(files, message.content, room, options);
-  // Nothing new to add for a follow-up whose best passages were all sent before.
-  if (!text) return;
-  message.context = text;
+
+  const texts = [];
+  const sources = [];
+  for (const [files, followUp] of [
+    [own, false],
+    [searched, true],
+  ]) {
+    if (!files.length) continue;
+    const placed = await documentContext(files, message.content, room, { embedder, progress, sent, followUp });
+    if (!placed.text) continue;
+    texts.push(placed.text);
+    sources.push(...placed.sources);
+    room -= placed.tokens;
+  }
+  // Nothing new for a follow-up whose best passages were all sent before.
+  if (!texts.length) return;
+  message.context = texts.join("\n\n");
   message.sources = sources;
 }
 

@@ -149,7 +149,8 @@ async function hybridRank(attachments, byFile, lexical, question, embedder, prog
 
 /**
  * The prompt text for the files attached to a message, given the question and the room left (in tokens):
- * {text, sources}. `sources` is empty when the files went in whole, else the passages used ({file, page, part}).
+ * {text, sources, tokens}. `sources` is empty when the files went in whole, else the passages used ({file, page,
+ * part}); `tokens` is about how many the text takes.
  * Options: `embedder` ({model, embed(texts) → vectors}), when stove has an embedding model, makes the ranking
  * hybrid; `progress(file, done, total)` hears how far embedding a file's passages has come; `sent` ("file NUL
  * part" keys) are passages given for an earlier question, left out now; `followUp` marks a question about files
@@ -159,7 +160,7 @@ async function hybridRank(attachments, byFile, lexical, question, embedder, prog
 export async function documentContext(attachments, question, room, options = {}) {
   const { embedder = null, progress = () => {}, sent = new Set(), followUp = false } = options;
   const whole = attachments.reduce((sum, a) => sum + a.tokens + WRAPPING_TOKENS, 0);
-  if (whole <= room && !followUp) return { text: attachments.map(wholeFile).join("\n\n"), sources: [] };
+  if (whole <= room && !followUp) return { text: attachments.map(wholeFile).join("\n\n"), sources: [], tokens: whole };
 
   // Token counts of passages, from each file's own ratio of tokens to characters (counted by the server).
   const estimate = new Map();
@@ -178,7 +179,7 @@ export async function documentContext(attachments, question, room, options = {})
   // A question that shares no word with the files (or none at all) gets their beginnings.
   if (!ranked.length && !followUp) ranked = all;
   ranked = ranked.filter((p) => !sent.has(`${p.file}\u0000${p.part}`));
-  if (!ranked.length && followUp) return { text: "", sources: [] };
+  if (!ranked.length && followUp) return { text: "", sources: [], tokens: 0 };
   const limit = followUp ? MAX_FOLLOW_UP_PASSAGES : MAX_PASSAGES;
   const chosen = [];
   let used = 60; // the sentence that introduces the passages
@@ -190,7 +191,7 @@ export async function documentContext(attachments, question, room, options = {})
   }
   if (!chosen.length) {
     // A follow-up is answered from what the conversation already holds.
-    if (followUp) return { text: "", sources: [] };
+    if (followUp) return { text: "", sources: [], tokens: 0 };
     // Handled as a question too long for the context: it is given back, with its files.
     const error = new Error(
       "The conversation has no room left for passages of the attached files: start a new chat and attach them there.",
@@ -206,5 +207,5 @@ export async function documentContext(attachments, question, room, options = {})
     return `<passage file="${attribute(p.file)}" ${where}>\n${p.text}\n</passage>`;
   });
   const text = `The attached files (${names}) are too long to include whole; these passages from them best match the question:\n\n${blocks.join("\n\n")}`;
-  return { text, sources: chosen.map(({ file, page, part }) => ({ file, page, part })) };
+  return { text, sources: chosen.map(({ file, page, part }) => ({ file, page, part })), tokens: used };
 }
