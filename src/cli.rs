@@ -127,6 +127,9 @@ pub struct RunArgs {
     /// serves /v1/embeddings in place of the chat model; the page then ranks document passages with it too
     #[arg(long, global = true, value_name = "PATH")]
     pub embedding_model: Option<PathBuf>,
+    /// The projector that lets the model read pictures (the mmproj GGUF published with a vision model)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub mmproj: Option<PathBuf>,
     /// Read the weights into memory instead of mapping them from the file
     #[arg(long, global = true)]
     pub no_mmap: bool,

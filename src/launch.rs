@@ -21,9 +21,11 @@ pub const ENGINE_LIBRARY: &str = "stove.dll";
 /// A library llama.cpp adds in a new version makes building from source fail with its name, so it gets a place
 /// here.
 #[cfg(not(windows))]
-pub const LLAMA_LIBRARIES: [&str; 4] = ["libggml-base.so.0", "libggml.so.0", "libllama.so.0", "libllama-common.so.0"];
+pub const LLAMA_LIBRARIES: [&str; 5] =
+    ["libggml-base.so.0", "libggml.so.0", "libllama.so.0", "libllama-common.so.0", "libmtmd.so.0"];
 #[cfg(windows)]
-pub const LLAMA_LIBRARIES: [&str; 4] = ["ggml-base.dll", "ggml.dll", "libllama.dll", "libllama-common.dll"];
+pub const LLAMA_LIBRARIES: [&str; 5] =
+    ["ggml-base.dll", "ggml.dll", "libllama.dll", "libllama-common.dll", "libmtmd.dll"];
 
 /// Where an engine's files live inside a stove file's archive, and the list of them.
 pub const ARCHIVE_DIR: &str = "engine/";

@@ -158,6 +158,7 @@ pub fn confine(source: &ModelSource, settings: &Settings) -> Confinement {
     let mut readable = vec![source.span().path.as_path()];
     readable.extend(settings.engine.draft.as_ref().map(|span| span.path.as_path()));
     readable.extend(settings.engine.embedding_model.as_ref().map(|span| span.path.as_path()));
+    readable.extend(settings.engine.mmproj.as_deref());
     let confinement = sandbox::enter(&readable);
     for note in &confinement.notes {
         eprintln!("sandbox: {note}");

@@ -4,6 +4,7 @@
 //! backends load or the model is read. (The shape follows miniserve: arguments → validated configuration.)
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
@@ -68,6 +69,7 @@ impl Settings {
                 speculation: speculation(run)?,
                 draft: draft(run, source)?,
                 embedding_model: embedding_model(run, source)?,
+                mmproj: mmproj(run)?,
             },
             sampling: SamplingParams {
                 temperature: run.temperature,
@@ -137,6 +139,15 @@ fn embedding_model(run: &RunArgs, source: &ModelSource) -> Result<Option<ModelSp
         (None, ModelSource::Bundle(bundle)) => Ok(bundle.embedding.clone()),
         (None, _) => Ok(None),
     }
+}
+
+/// The projector `--mmproj` names, checked to be a file now rather than when the model has loaded.
+fn mmproj(run: &RunArgs) -> Result<Option<PathBuf>> {
+    let Some(path) = &run.mmproj else { return Ok(None) };
+    if !path.is_file() {
+        bail!("--mmproj {}: no such file (it is the projector GGUF published beside a vision model)", path.display());
+    }
+    Ok(Some(path.clone()))
 }
 
 /// The API key from `--api-key`, `STOVE_API_KEY` or `--api-key-file`.

@@ -10,6 +10,7 @@
 
 mod embed;
 mod kv_cache;
+mod media;
 pub mod metrics;
 mod prompt;
 mod request;
@@ -19,6 +20,7 @@ mod speculation;
 pub mod text;
 mod worker;
 pub use kv_cache::{CacheType, FlashAttention, KvCache};
+pub use media::Image;
 pub use speculation::{SpecConfig, SpecMode, DEFAULT_DRAFT_MAX, DEFAULT_NGRAM};
 pub use worker::{DEFAULT_CONTEXT, DEFAULT_PARALLEL};
 
@@ -77,6 +79,8 @@ pub struct EngineConfig {
     pub draft: Option<ModelSpan>,
     /// An embedding model that serves embeddings in place of the model (`--embedding-model`).
     pub embedding_model: Option<ModelSpan>,
+    /// The projector that reads pictures for the model (`--mmproj`), a GGUF file.
+    pub mmproj: Option<PathBuf>,
 }
 
 /// What the page, `/v1/models` and `stove info` show about the model.
@@ -117,6 +121,17 @@ pub struct Runtime {
     pub speculation: SpecConfig,
     /// The embedding model that answers embedding requests, when there is one (else the model does).
     pub embedding_model: Option<EmbeddingModel>,
+    /// What the projector (`--mmproj`) lets the model read besides text, when there is one.
+    pub projector: Option<ProjectorInfo>,
+}
+
+/// A projector loaded beside the model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProjectorInfo {
+    pub file: String,
+    /// Whether the model can be shown pictures, and whether it can hear sound.
+    pub vision: bool,
+    pub audio: bool,
 }
 
 /// An embedding model loaded beside the chat model.
@@ -135,7 +150,8 @@ pub enum LoadState {
     Loading {
         permille: u32,
     },
-    Ready(Runtime),
+    // Boxed: the runtime is large, and the state is cloned for every request.
+    Ready(Box<Runtime>),
     Failed(String),
 }
 
@@ -258,7 +274,7 @@ impl Engine {
         let mut state = self.shared.status.state.lock().expect("state lock");
         loop {
             match &*state {
-                LoadState::Ready(runtime) => return Ok(runtime.clone()),
+                LoadState::Ready(runtime) => return Ok(Runtime::clone(runtime)),
                 LoadState::Failed(message) => return Err(EngineError::LoadFailed(message.clone())),
                 LoadState::Loading { .. } => state = self.shared.status.changed.wait(state).expect("state lock"),
             }

@@ -11,8 +11,10 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use serde_json::{json, Value};
 
+use super::media::{self, Image, MediaSpan};
 use super::{ChatPrompt, EngineError, Prompt, Request, ToolChoice};
 use crate::llama::chat::{ApplyRequest, ChatParser, ChatTemplates, TemplateInfo};
+use crate::llama::vision::Projector;
 
 /// Where the chat template in use came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -108,6 +110,8 @@ pub struct Prepared {
     pub keep_special: HashSet<LlamaToken>,
     /// Time spent in llama.cpp's chat layer rendering the conversation (0 for raw text).
     pub template_ms: f64,
+    /// The pictures in `tokens` (their stand-ins), in order (`media.rs`).
+    pub media: Vec<MediaSpan>,
 }
 
 /// Shared with every request handler once the model is loaded; llama.cpp's vocabulary is read-only, so
@@ -117,6 +121,8 @@ pub struct Prompter {
     /// The embedding model (`--embedding-model`) and the tokens one input may hold, when there is one: inputs
     /// to embed are its tokens, not the chat model's.
     pub embedder: Option<(Arc<LlamaModel>, u32)>,
+    /// The projector (`--mmproj`) that reads pictures, when there is one.
+    pub projector: Option<Arc<Projector>>,
     pub template: Template,
     pub system_prompt: Option<String>,
     /// Tokens one conversation may hold.
@@ -173,7 +179,10 @@ impl Prompter {
                 (applied.prompt, Some(reader))
             }
         };
-        let tokens = self.tokenize_text(&text)?;
+        let (tokens, media) = match &request.prompt {
+            Prompt::Chat(chat) if !chat.images.is_empty() => self.tokenize_with_images(&text, &chat.images)?,
+            _ => (self.tokenize_text(&text)?, Vec::new()),
+        };
         let n_vocab = self.model.n_vocab();
         if let Some(&(token, _)) = request.sampling.logit_bias.iter().find(|(token, _)| *token >= n_vocab) {
             return Err(EngineError::BadRequest(format!(
@@ -182,7 +191,31 @@ impl Prompter {
             )));
         }
         let grammar = grammar.map(|grammar| grammar.sampler(&self.model)).transpose()?;
-        Ok((Prepared { tokens, grammar, stops, keep_special, template_ms }, reader))
+        Ok((Prepared { tokens, grammar, stops, keep_special, template_ms, media }, reader))
+    }
+
+    /// Tokenizes a prompt with pictures, each read by the projector, and checks it fits a conversation.
+    fn tokenize_with_images(
+        &self,
+        text: &str,
+        images: &[Image],
+    ) -> Result<(Vec<LlamaToken>, Vec<MediaSpan>), EngineError> {
+        let Some(projector) = self.projector.as_deref().filter(|p| p.vision) else {
+            return Err(EngineError::BadRequest(
+                "the conversation holds pictures, but this model reads text only: start it with --mmproj (the \
+                 projector made for it), or pack one in with `stove pack --mmproj`"
+                    .into(),
+            ));
+        };
+        let vocab = self.model.vocab();
+        let (tokens, media) = media::tokenize_with_images(text, images, projector, |piece, first| {
+            vocab.tokenize(piece.as_bytes(), first, true)
+        })?;
+        let prompt_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
+        if prompt_tokens >= self.context_size {
+            return Err(EngineError::PromptTooLong { prompt_tokens, context_size: self.context_size });
+        }
+        Ok((tokens, media))
     }
 
     /// The prompt text `request` renders to, as llama-server's `/apply-template` returns it.

@@ -13,11 +13,13 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::media::MediaSpan;
 use super::metrics::Metrics;
 use super::prompt::Prepared;
 use super::speculation::Speculation;
 use super::text::{Scan, StopMatcher, Utf8Decoder};
 use super::{EngineError, Event, Finish, FinishReason, Job, TokenChoice, TokenLogprob};
+use crate::llama::vision::Projector;
 
 pub struct Slot {
     /// The sequence id of this slot in the context.
@@ -34,6 +36,12 @@ pub struct Generation {
     events: UnboundedSender<Event>,
     /// Prompt tokens not yet decoded.
     pending: Vec<LlamaToken>,
+    /// Pictures in `pending` (their places in the prompt), decoded by the projector when the prompt reaches
+    /// them; `picture_due` once it has.
+    media: Vec<MediaSpan>,
+    picture_due: bool,
+    /// Whether the prompt has pictures (decoded now or kept from an earlier turn).
+    has_pictures: bool,
     prompt_tokens: u32,
     cached_tokens: u32,
     sampler: LlamaSampler,
@@ -95,17 +103,24 @@ impl Slot {
         speculation: Option<&mut Speculation>,
     ) {
         let Job { request, prepared, events } = job;
-        let Prepared { tokens, grammar, stops, keep_special, .. } = prepared;
+        let Prepared { tokens, grammar, stops, keep_special, mut media, .. } = prepared;
         // At least the prompt's last token is decoded again: its logits give the first answer token.
         let mut keep = self.common_prefix(&tokens).min(tokens.len() - 1);
+        // A picture is decoded whole: a cache that ends inside one keeps what comes before it.
+        if let Some(span) = media.iter().find(|s| s.at < keep && keep < s.at + s.len) {
+            keep = span.at;
+        }
         if ctx.kv_cache_seq_rm(self.seq, Some(keep as u32), None).is_err() {
             // Some models (recurrent ones) cannot drop the end of a sequence; start it over.
             let _ = ctx.clear_kv_cache_seq(Some(self.seq as u32), None, None);
             keep = 0;
         }
         self.cached.truncate(keep);
+        let has_pictures = !media.is_empty();
+        media.retain(|span| span.at >= keep);
 
-        if let Some(speculation) = speculation {
+        // Guesses come from token ids, which a picture's stand-ins are not: no speculation with pictures.
+        if let Some(speculation) = speculation.filter(|_| !has_pictures) {
             speculation.begin(self.seq, &tokens);
         }
         let sampler = request.sampling.sampler(model.n_vocab(), grammar);
@@ -114,6 +129,9 @@ impl Slot {
         self.generation = Some(Generation {
             events,
             pending: tokens[keep..].to_vec(),
+            media,
+            picture_due: false,
+            has_pictures,
             prompt_tokens,
             cached_tokens: keep as u32,
             sampler,
@@ -147,6 +165,7 @@ impl Slot {
     ) -> Result<(), EngineError> {
         let Some(generation) = &mut self.generation else { return Ok(()) };
         let add_error = |e: llama_cpp_2::llama_batch::BatchAddError| EngineError::Inference(e.to_string());
+        let speculation = speculation.filter(|_| !generation.has_pictures);
         if let Some(token) = generation.next.take() {
             // Guesses fit in the batch, in the conversation's context, and in what the answer may still take.
             let left = generation.max_tokens.saturating_sub(generation.completion_tokens + 1);
@@ -166,7 +185,15 @@ impl Slot {
             generation.in_batch = true;
             return Ok(());
         }
-        let take = generation.pending.len().min(room);
+        let mut take = generation.pending.len().min(room);
+        // The prompt's text goes in the batch up to its next picture, which the projector decodes itself.
+        if let Some(span) = generation.media.first() {
+            if span.at == self.cached.len() {
+                generation.picture_due = true;
+                return Ok(());
+            }
+            take = take.min(span.at - self.cached.len());
+        }
         if take == 0 {
             return Ok(());
         }
@@ -181,6 +208,24 @@ impl Slot {
         }
         generation.in_batch = true;
         Ok(())
+    }
+
+    /// Decodes the picture this slot's prompt has reached into its sequence (the projector runs its own
+    /// decode, beside the shared batch's).
+    pub fn decode_picture(&mut self, ctx: &mut LlamaContext, projector: &Projector) -> Result<(), EngineError> {
+        let Some(generation) = &mut self.generation else { return Ok(()) };
+        if !std::mem::take(&mut generation.picture_due) {
+            return Ok(());
+        }
+        let span = generation.media.remove(0);
+        let n_batch = i32::try_from(ctx.n_batch()).unwrap_or(i32::MAX);
+        projector.decode(&span.picture, ctx, self.cached.len(), self.seq, n_batch).map_err(EngineError::Inference)?;
+        self.cached.extend(generation.pending.drain(..span.len));
+        Ok(())
+    }
+
+    pub fn picture_due(&self) -> bool {
+        self.generation.as_ref().is_some_and(|g| g.picture_due)
     }
 
     /// Forgets the previous step's place in the batch.

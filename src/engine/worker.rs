@@ -18,10 +18,13 @@ use super::metrics::Metrics;
 use super::prompt::{Prompter, Template};
 use super::slot::{Outcome, Slot};
 use super::speculation::{SpecMode, Speculation};
-use super::{init_backend, page_in, EmbeddingModel, EngineConfig, EngineError, LoadState, Runtime, Status, Work};
+use super::{
+    init_backend, page_in, EmbeddingModel, EngineConfig, EngineError, LoadState, ProjectorInfo, Runtime, Status, Work,
+};
 use crate::bundle::ModelSpan;
 use crate::gguf::ModelLayout;
 use crate::hardware;
+use crate::llama::vision::Projector;
 
 /// Context per conversation when neither the command line nor the bundle sets one (capped at the trained
 /// context).
@@ -96,8 +99,13 @@ impl Worker {
             Some(span) => Some(load_embedder(&backend, span, config.use_mmap, beside_gpu_layers)?),
             None => None,
         };
+        let projector = match &config.mmproj {
+            Some(path) => Some(Arc::new(Projector::load(path, &model, threads, offload.layers > 0)?)),
+            None => None,
+        };
         let _ = self.prompter.set(Prompter {
             model: Arc::clone(&model),
+            projector: projector.clone(),
             embedder: embedder.as_ref().map(|(model, about)| (Arc::clone(model), about.context_size)),
             template,
             system_prompt: config.system_prompt.clone(),
@@ -137,7 +145,7 @@ impl Worker {
         let speculation = Speculation::new(spec_config, parallel, draft)?;
         let layers = model.n_layer();
         let gpu_layers = offload.layers.min(layers);
-        self.status.set(LoadState::Ready(Runtime {
+        self.status.set(LoadState::Ready(Box::new(Runtime {
             context_size: slot_context,
             parallel,
             threads: config.threads,
@@ -152,7 +160,12 @@ impl Worker {
             kv_cache: config.kv_cache,
             speculation: spec_config,
             embedding_model: embedder.as_ref().map(|(_, about)| about.clone()),
-        }));
+            projector: config.mmproj.as_ref().zip(projector.as_deref()).map(|(path, p)| ProjectorInfo {
+                file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                vision: p.vision,
+                audio: p.audio,
+            }),
+        })));
 
         let batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
         let slots = (0..parallel as i32).map(Slot::new).collect();
@@ -169,6 +182,7 @@ impl Worker {
             },
             metrics: &self.metrics,
             speculation,
+            projector,
             step: 0,
         };
         scheduler.run(&queue);
@@ -270,6 +284,8 @@ struct Scheduler<'m> {
     metrics: &'m Metrics,
     /// Guesses tokens to decode together with each generating slot's next one (`--spec`).
     speculation: Option<Speculation<'m>>,
+    /// Reads the pictures of prompts that have them (`--mmproj`).
+    projector: Option<Arc<Projector>>,
     step: u64,
 }
 
@@ -288,7 +304,9 @@ impl Scheduler<'_> {
                 }
             }
             self.sync_busy_count();
-            if self.fill_batch() == 0 {
+            let filled = self.fill_batch();
+            self.decode_pictures();
+            if filled == 0 {
                 continue;
             }
             let started = Instant::now();
@@ -375,6 +393,18 @@ impl Scheduler<'_> {
             }
         }
         self.batch.n_tokens()
+    }
+
+    /// Decodes the pictures that slots' prompts have reached (each into its slot's sequence, by the projector).
+    fn decode_pictures(&mut self) {
+        let Some(projector) = &self.projector else { return };
+        for slot in self.slots.iter_mut().filter(|s| s.picture_due()) {
+            let started = Instant::now();
+            if let Err(error) = slot.decode_picture(&mut self.ctx, projector) {
+                slot.fail(error, &mut self.ctx);
+            }
+            Metrics::add(&self.metrics.decode_micros, started.elapsed().as_micros() as u64);
+        }
     }
 
     fn sync_busy_count(&self) {

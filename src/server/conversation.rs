@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use crate::engine::{ChatPrompt, Reasoning, ToolChoice};
+use super::pictures;
+use crate::engine::{ChatPrompt, Image, Reasoning, ToolChoice};
 
 /// Most messages in one chat request.
 const MAX_MESSAGES: usize = 4096;
@@ -43,8 +44,13 @@ impl ChatFields {
             )));
         }
         let mut call_ids = HashSet::new();
-        let messages =
-            self.messages.into_iter().enumerate().map(|m| message(m, &mut call_ids)).collect::<Result<_, _>>()?;
+        let mut images = Vec::new();
+        let messages = self
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|m| message(m, &mut call_ids, &mut images))
+            .collect::<Result<_, _>>()?;
         let mut tools = self.tools.unwrap_or_default();
         if tools.len() > MAX_TOOLS {
             return Err(ApiError::invalid(format!(
@@ -120,12 +126,18 @@ impl ChatFields {
             parallel_tool_calls: self.parallel_tool_calls,
             reasoning,
             template_kwargs,
+            images,
         })
     }
 }
 
-/// One message, checked and put in the plain shape llama.cpp reads: `content` as text.
-fn message((i, message): (usize, Value), call_ids: &mut HashSet<String>) -> Result<Value, ApiError> {
+/// One message, checked and put in the plain shape llama.cpp reads: `content` as text, with a marker where
+/// each of a user message's pictures goes (the pictures themselves are added to `images`).
+fn message(
+    (i, message): (usize, Value),
+    call_ids: &mut HashSet<String>,
+    images: &mut Vec<Image>,
+) -> Result<Value, ApiError> {
     let bad = |what: String| ApiError::invalid(format!("messages[{i}]{what}"));
     let Value::Object(mut fields) = message else {
         return Err(bad(" is not an object; each message is {\"role\": …, \"content\": …}".into()));
@@ -143,7 +155,7 @@ fn message((i, message): (usize, Value), call_ids: &mut HashSet<String>) -> Resu
     let content = match fields.remove("content") {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => Some(text),
-        Some(Value::Array(parts)) => Some(text_of_parts(i, parts)?),
+        Some(Value::Array(parts)) => Some(text_of_parts(i, parts, (role == "user").then_some(images))?),
         Some(_) => return Err(bad(".content must be a string or a list of parts".into())),
     };
     let mut out = Map::new();
@@ -197,16 +209,36 @@ fn message((i, message): (usize, Value), call_ids: &mut HashSet<String>) -> Resu
     Ok(Value::Object(out))
 }
 
-/// The text of a list of content parts; only text parts are read.
-fn text_of_parts(i: usize, parts: Vec<Value>) -> Result<String, ApiError> {
+/// The text of a list of content parts. A user message's pictures (`image_url` parts, `input_image` in the
+/// Responses API) are decoded into `images`, each leaving a marker in the text where it goes.
+fn text_of_parts(i: usize, parts: Vec<Value>, mut images: Option<&mut Vec<Image>>) -> Result<String, ApiError> {
     let mut text = String::new();
-    for part in parts {
+    for (j, part) in parts.into_iter().enumerate() {
+        let field = format!("messages[{i}].content[{j}]");
         let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
         match (kind, part.get("text").and_then(Value::as_str)) {
             ("text" | "input_text" | "output_text", Some(t)) => text.push_str(t),
+            ("image_url" | "input_image", _) => {
+                let Some(images) = images.as_deref_mut() else {
+                    return Err(ApiError::invalid(format!("{field} is a picture; pictures go in user messages")));
+                };
+                // OpenAI's {"image_url": {"url": …}}, the Responses API's {"image_url": "…"}.
+                let url = match part.get("image_url") {
+                    Some(Value::String(url)) => Some(url.as_str()),
+                    Some(object) => object.get("url").and_then(Value::as_str),
+                    None => None,
+                };
+                let Some(url) = url else {
+                    return Err(ApiError::invalid(format!(
+                        "{field}.image_url.url is missing; it holds the picture as a data: URL"
+                    )));
+                };
+                images.push(pictures::from_url(&field, url)?);
+                text.push_str(crate::llama::vision::marker());
+            }
             (kind, _) => {
                 return Err(ApiError::invalid(format!(
-                    "messages[{i}] has a \"{kind}\" part; this model only reads text"
+                    "{field} is a \"{kind}\" part; this model reads \"text\" and \"image_url\" parts"
                 )))
             }
         }

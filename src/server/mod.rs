@@ -16,6 +16,7 @@ mod conversation;
 mod embeddings;
 mod error;
 mod guard;
+mod pictures;
 mod reply;
 mod request;
 mod responses;

@@ -95,6 +95,24 @@ fn turn_to_openai(i: usize, turn: &Value) -> Result<Vec<Value>, ApiError> {
             "text" => parts.push(json!({ "type": "text", "text": block.get("text") })),
             "thinking" => thinking.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or("")),
             "redacted_thinking" => {}
+            // A picture: base64 becomes a data: URL; a web address is passed on to be refused by the shared check.
+            "image" => {
+                let source = block.get("source").unwrap_or(&Value::Null);
+                let url = match source.get("type").and_then(Value::as_str) {
+                    Some("base64") => format!(
+                        "data:{};base64,{}",
+                        source.get("media_type").and_then(Value::as_str).unwrap_or("image/png"),
+                        source.get("data").and_then(Value::as_str).unwrap_or("")
+                    ),
+                    Some("url") => source.get("url").and_then(Value::as_str).unwrap_or("").to_string(),
+                    _ => {
+                        return Err(ApiError::invalid(format!(
+                        "messages[{i}].content[{j}].source must be {{\"type\": \"base64\", \"media_type\", \"data\"}}"
+                    )))
+                    }
+                };
+                parts.push(json!({ "type": "image_url", "image_url": { "url": url } }));
+            }
             "tool_use" => calls.push(json!({
                 "id": block.get("id"),
                 "type": "function",
@@ -130,7 +148,7 @@ fn turn_to_openai(i: usize, turn: &Value) -> Result<Vec<Value>, ApiError> {
                 };
                 out.push(json!({ "role": "tool", "tool_call_id": block.get("tool_use_id"), "content": content }));
             }
-            // Images and documents are named in the error the shared check gives for a part it cannot read.
+            // Documents and the rest are named in the error the shared check gives for a part it cannot read.
             other => parts.push(json!({ "type": other })),
         }
     }

@@ -1,0 +1,162 @@
+//! Pictures through a projector (`--mmproj`), with the real default model and llama.cpp's multimodal library.
+//!
+//! No vision model can be fetched here, so the projector is tests/multimodal/projector.py's: tiny, random, of a
+//! kind llama.cpp's clip runs (Gemma 3's), projecting into the default model's 576-wide embeddings. Its answers
+//! mean nothing but are deterministic, which is what these tests check: the same picture gives the same answer,
+//! another picture another one, its tokens are counted, the cache keeps it across turns, and bad pictures are
+//! refused by part while the server keeps serving.
+
+mod common;
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use image::{ImageFormat, Rgb, RgbImage};
+use serde_json::{json, Value};
+
+use common::{bundle, python, scratch, Server};
+
+fn projector() -> &'static Path {
+    static PROJECTOR: OnceLock<PathBuf> = OnceLock::new();
+    PROJECTOR.get_or_init(|| {
+        let out = scratch().join("tiny-mmproj.gguf");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/multimodal/projector.py");
+        let status = Command::new(python()).arg(script).arg(&out).status().unwrap();
+        assert!(status.success(), "projector.py failed");
+        out
+    })
+}
+
+/// A `data:` URL of a `width`×`height` picture of one colour with a diagonal line, in `format`.
+fn picture(colour: [u8; 3], width: u32, height: u32, format: ImageFormat) -> String {
+    let mut image = RgbImage::from_pixel(width, height, Rgb(colour));
+    for i in 0..width.min(height) {
+        image.put_pixel(i, i, Rgb([255 - colour[0], 255 - colour[1], 255 - colour[2]]));
+    }
+    let mut bytes = Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(image).write_to(&mut bytes, format).unwrap();
+    let mime = format.to_mime_type();
+    format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes.into_inner()))
+}
+
+fn asking(url: &str) -> Value {
+    json!([{ "role": "user", "content": [
+        { "type": "text", "text": "What is in this picture?" },
+        { "type": "image_url", "image_url": { "url": url } },
+    ]}])
+}
+
+fn greedy(server: &Server, messages: Value) -> (u16, Value) {
+    server.chat(json!({ "messages": messages, "max_tokens": 12, "temperature": 0 }))
+}
+
+fn answer(body: &Value) -> String {
+    body["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn pictures_are_read_deterministically_counted_and_kept_in_the_cache() {
+    let server = Server::start(bundle(), &["--mmproj", projector().to_str().unwrap(), "--parallel", "1"]);
+    let info: Value = common::client().get(format!("{}/stove/info", server.url)).send().unwrap().json().unwrap();
+    assert_eq!(info["runtime"]["projector"]["vision"], true, "{info}");
+
+    let red = picture([200, 30, 30], 96, 80, ImageFormat::Png);
+    let blue = picture([30, 30, 200], 96, 80, ImageFormat::Png);
+    let (status, first) = greedy(&server, asking(&red));
+    assert_eq!(status, 200, "{first}");
+    let (_, again) = greedy(&server, asking(&red));
+    assert_eq!(answer(&first), answer(&again), "the same picture, the same answer");
+    // The second time the whole prompt but its last token came from the cache, the picture included.
+    let prompt_tokens = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64(), Some(prompt_tokens - 1), "{again}");
+
+    // A follow-up turn keeps the picture's place in the cache (the one slot still holds the first turn): only
+    // the new turn is decoded.
+    let mut conversation = asking(&red);
+    conversation.as_array_mut().unwrap().push(json!({ "role": "assistant", "content": answer(&first) }));
+    conversation.as_array_mut().unwrap().push(json!({ "role": "user", "content": "And its colour?" }));
+    let (status, follow_up) = greedy(&server, conversation);
+    assert_eq!(status, 200, "{follow_up}");
+    let cached = follow_up["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert!(cached >= prompt_tokens - 1, "the first turn, picture included, came from the cache: {follow_up}");
+
+    let (_, other) = greedy(&server, asking(&blue));
+    assert_ne!(answer(&first), answer(&other), "another picture, another answer");
+    assert_eq!(other["usage"]["prompt_tokens"].as_u64(), Some(prompt_tokens));
+    // The picture's tokens are counted: more than the same question without it.
+    let (_, text_only) = greedy(
+        &server,
+        json!([{ "role": "user", "content": [{ "type": "text", "text": "What is in this picture?" }] }]),
+    );
+    let text_tokens = text_only["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens >= text_tokens + 4, "{prompt_tokens} with the picture, {text_tokens} without");
+
+    // Two pictures in one message, and every format the API takes.
+    let two = json!([{ "role": "user", "content": [
+        { "type": "image_url", "image_url": { "url": red } },
+        { "type": "text", "text": "and" },
+        { "type": "image_url", "image_url": { "url": blue } },
+    ]}]);
+    let (status, both) = greedy(&server, two);
+    assert_eq!(status, 200, "{both}");
+    assert!(both["usage"]["prompt_tokens"].as_u64().unwrap() > prompt_tokens);
+    for format in [ImageFormat::Jpeg, ImageFormat::WebP, ImageFormat::Gif] {
+        let (status, body) = greedy(&server, asking(&picture([30, 160, 60], 64, 48, format)));
+        assert_eq!(status, 200, "{format:?}: {body}");
+    }
+}
+
+#[test]
+fn bad_pictures_are_refused_by_part_and_the_server_keeps_serving() {
+    let server = Server::start(bundle(), &["--mmproj", projector().to_str().unwrap()]);
+    let refused = |url: &str, expected: &str| {
+        let (status, body) = greedy(&server, asking(url));
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("messages[0].content[1]"), "{message}");
+        assert!(message.contains(expected), "{message}");
+    };
+    refused("https://example.com/cat.png", "makes no connection");
+    refused("data:image/png;base64,bm90IGEgcGljdHVyZQ==", "is not one stove reads");
+    refused("data:image/png;base64,%%%", "base64 is not valid");
+    refused(&picture([1, 2, 3], 9000, 4, ImageFormat::Png), "larger than 8192");
+    let (status, body) = greedy(&server, asking(&picture([200, 30, 30], 32, 32, ImageFormat::Png)));
+    assert_eq!(status, 200, "{body}");
+
+    // A model without a projector says so, and what to do.
+    let plain = Server::start(bundle(), &[]);
+    let (status, body) = greedy(&plain, asking(&picture([200, 30, 30], 32, 32, ImageFormat::Png)));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("--mmproj"), "{body}");
+    let (status, _) = greedy(&plain, json!([{ "role": "user", "content": "Hello" }]));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn anthropic_image_blocks_are_read_the_same_way() {
+    let server = Server::start(bundle(), &["--mmproj", projector().to_str().unwrap()]);
+    let url = picture([200, 30, 30], 96, 80, ImageFormat::Png);
+    let data = url.split_once(',').unwrap().1;
+    let ask = |source: Value| {
+        let response = common::client()
+            .post(format!("{}/v1/messages", server.url))
+            .json(&json!({ "max_tokens": 12, "temperature": 0, "messages": [{ "role": "user", "content": [
+                { "type": "text", "text": "What is in this picture?" },
+                { "type": "image", "source": source },
+            ]}]}))
+            .send()
+            .unwrap();
+        (response.status().as_u16(), response.json::<Value>().unwrap())
+    };
+    let (status, body) = ask(json!({ "type": "base64", "media_type": "image/png", "data": data }));
+    assert_eq!(status, 200, "{body}");
+    // The same picture through OpenAI's route gives the same answer.
+    let (_, openai) = greedy(&server, asking(&url));
+    assert_eq!(body["content"][0]["text"].as_str().unwrap_or_default(), answer(&openai));
+    let (status, body) = ask(json!({ "type": "url", "url": "https://example.com/cat.png" }));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("makes no connection"), "{body}");
+}
