@@ -160,3 +160,48 @@ fn anthropic_image_blocks_are_read_the_same_way() {
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("makes no connection"), "{body}");
 }
+
+#[path = "browser/page.rs"]
+mod page;
+
+/// A picture file on disk, for the page's file input.
+fn picture_file(name: &str, colour: [u8; 3]) -> PathBuf {
+    let path = scratch().join(name);
+    let url = picture(colour, 96, 80, ImageFormat::Png);
+    let bytes = base64::engine::general_purpose::STANDARD.decode(url.split_once(',').unwrap().1).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn the_page_attaches_shows_sends_and_keeps_a_picture_for_a_model_that_sees() {
+    let server = Server::start(bundle(), &["--mmproj", projector().to_str().unwrap()]);
+    let page = page::Page::open(&server.url);
+    page.wait_ready();
+    page.choose_file("#attach-file", &picture_file("red.png", [200, 30, 30]));
+    page.wait_for("document.querySelector('#attachments .chip img.chip-thumb')?.complete === true");
+    assert!(page.text("document.querySelector('#attachments .chip-facts').textContent").ends_with("96×80"));
+    page.send("What is in this picture?");
+    page.wait_for("document.querySelectorAll('.message.assistant').length === 1");
+    page.wait_answered();
+    assert_eq!(page.count(".message.error"), 0);
+    let body = page.chat_requests().pop().unwrap();
+    let parts = body["messages"][0]["content"].as_array().expect("the question is sent as parts").clone();
+    assert_eq!(parts[0]["text"], "What is in this picture?");
+    assert!(parts[1]["image_url"]["url"].as_str().unwrap().starts_with("data:image/png;base64,"), "{parts:?}");
+    // Kept with the conversation: after a reload the question still shows its picture.
+    page.reload();
+    page.wait_ready();
+    page.wait_for("document.querySelector('.message.user .chips.sent img.chip-thumb')?.naturalWidth === 96");
+    page.assert_offline(&server.url);
+
+    // A model without a projector is not sent pictures: the page says why, and keeps the message box as it was.
+    let plain = Server::start(bundle(), &[]);
+    let page = page::Page::open(&plain.url);
+    page.wait_ready();
+    page.choose_file("#attach-file", &picture_file("blue.png", [30, 30, 200]));
+    page.wait_for("document.querySelector('.message.error')?.textContent.includes('blue.png')");
+    assert!(page.text("document.querySelector('.message.error').textContent").contains("cannot see"));
+    assert_eq!(page.count("#attachments .chip"), 0);
+    page.assert_offline(&plain.url);
+}

@@ -6,6 +6,7 @@
 
 import * as api from "./api.js";
 import { extract, AttachmentError } from "./extract.js";
+import { isPicture, readPicture } from "./pictures.js";
 import { $, el, state } from "./page.js";
 import { make, formatNumber, formatBytes } from "./ui.js";
 import { notify } from "./messages.js";
@@ -36,7 +37,7 @@ export async function attach(files) {
     render();
     let document;
     try {
-      document = await extract(file);
+      document = isPicture(file) ? await readPicture(file) : await extract(file);
     } catch (error) {
       state.pending = state.pending.filter((a) => a !== reading);
       render();
@@ -51,10 +52,14 @@ export async function attach(files) {
     if (!state.pending.includes(reading)) continue;
     const item = { ...document, tokens: null };
     state.pending[state.pending.indexOf(reading)] = item;
-    item.counting = api.countTokens(item.text).then(
-      (tokens) => (item.tokens = tokens),
-      (error) => (item.failed = error.message),
-    );
+    // A picture's tokens are the projector's to count, when it is sent (they show in the answer's usage).
+    item.counting =
+      item.kind === "image"
+        ? Promise.resolve()
+        : api.countTokens(item.text).then(
+            (tokens) => (item.tokens = tokens),
+            (error) => (item.failed = error.message),
+          );
     render();
     item.counting.then(render);
   }
@@ -74,8 +79,11 @@ export async function takePending() {
   }
   state.pending = state.pending.filter((a) => a.reading);
   render();
-  return pending.map(({ name, size, kind, text, pages, tokens }) => ({ name, size, kind, text, pages, tokens }));
+  return pending.map(kept);
 }
+
+/** An attachment without what only the message box needs (its counting, a failure, reading). */
+const kept = ({ counting: _counting, failed: _failed, reading: _reading, ...attachment }) => attachment;
 
 /** Puts attachments back into the message box (a message that could not be sent keeps its files). */
 export function restore(attachments) {
@@ -91,6 +99,7 @@ export function hasPending() {
 export function factsOf(attachment) {
   const parts = [formatBytes(attachment.size)];
   if (attachment.pages) parts.push(`${attachment.pages.length} page${attachment.pages.length === 1 ? "" : "s"}`);
+  if (attachment.kind === "image") return [...parts, `${attachment.width}×${attachment.height}`].join(" · ");
   if (attachment.reading) parts.push("reading…");
   else if (attachment.failed) parts.push("not counted");
   else if (attachment.tokens == null) parts.push("counting…");
@@ -106,6 +115,8 @@ export function chip(attachment, onRemove = null) {
     make("span", { class: "chip-name", text: attachment.name }),
     make("span", { class: "chip-facts", text: factsOf(attachment) }),
   );
+  // A picture shows itself (a data: URL, which the page's policy allows for images).
+  if (attachment.kind === "image") item.prepend(make("img", { class: "chip-thumb", src: attachment.url, alt: "" }));
   if (onRemove) {
     item.append(
       make("button", {

@@ -31,11 +31,15 @@ export function titleOf(conversation) {
  */
 export function requestBody(conversation) {
   const own = conversation.settings;
-  // Attached files go before the question, as the text chosen for them when it was first sent.
-  const messages = conversation.messages.map(({ role, content, context }) => ({
-    role,
-    content: context ? `${context}\n\n${content}` : content,
-  }));
+  // Attached files go before the question, as the text chosen for them when it was first sent; pictures
+  // follow it as image_url parts.
+  const messages = conversation.messages.map(({ role, content, context, attachments }) => {
+    const text = context ? `${context}\n\n${content}` : content;
+    const pictures = (attachments || []).filter((a) => a.kind === "image");
+    if (!pictures.length) return { role, content: text };
+    const parts = pictures.map((p) => ({ type: "image_url", image_url: { url: p.url } }));
+    return { role, content: [{ type: "text", text }, ...parts] };
+  });
   if (own.system_prompt) messages.unshift({ role: "system", content: own.system_prompt });
   const body = { messages };
   for (const name of SETTINGS.filter((n) => n !== "system_prompt")) {
@@ -92,6 +96,11 @@ function toolCall(call) {
 
 /** An attached file from an exported conversation, or null when it is not one. */
 function attachmentOf(a) {
+  if (a?.kind === "image") {
+    if (typeof a.name !== "string" || typeof a.url !== "string" || !a.url.startsWith("data:image/")) return null;
+    const { name, url } = a;
+    return { name, size: Number.isFinite(a.size) ? a.size : 0, kind: "image", url, width: a.width, height: a.height };
+  }
   const pages = Array.isArray(a?.pages) && a.pages.every((p) => typeof p === "string") ? a.pages : null;
   if (typeof a?.name !== "string" || typeof a.text !== "string") return null;
   return {

@@ -198,12 +198,15 @@ async function tokensBefore(conversation) {
 async function placeDocuments(conversation, progress) {
   const message = conversation.messages.at(-1);
   if (message?.role !== "user" || message.context !== undefined) return;
-  const own = message.attachments || [];
+  // Pictures go to the projector as they are; only documents are placed.
+  const own = (message.attachments || []).filter((a) => a.kind !== "image");
   // Files of earlier questions that went in as passages (their names are in the sources): a follow-up may be
   // about another part of them. Passages already sent are not sent again.
   const history = conversation.messages.slice(0, -1).filter((m) => m.role === "user");
   const searchedNames = new Set(history.flatMap((m) => (m.sources || []).map((s) => s.file)));
-  const searched = history.flatMap((m) => m.attachments || []).filter((a) => searchedNames.has(a.name));
+  const searched = history
+    .flatMap((m) => m.attachments || [])
+    .filter((a) => a.kind !== "image" && searchedNames.has(a.name));
   if (!own.length && !searched.length) return;
   const sent = new Set(history.flatMap((m) => (m.sources || []).map((s) => `${s.file}\u0000${s.part}`)));
 
@@ -336,16 +339,7 @@ function handleFailure(conversation, error) {
       touch(conversation);
       if (conversation === state.current && !el.prompt.value) el.prompt.value = last.content;
       if (conversation === state.current && last.attachments?.length) {
-        restore(
-          last.attachments.map(({ name, size, kind, text, pages, tokens }) => ({
-            name,
-            size,
-            kind,
-            text,
-            pages,
-            tokens,
-          })),
-        );
+        restore(last.attachments);
       }
     }
     return showFailure(conversation, {
