@@ -125,6 +125,9 @@ fn bad_pictures_are_refused_by_part_and_the_server_keeps_serving() {
     refused(&picture([1, 2, 3], 9000, 4, ImageFormat::Png), "larger than 8192");
     let (status, body) = greedy(&server, asking(&picture([200, 30, 30], 32, 32, ImageFormat::Png)));
     assert_eq!(status, 200, "{body}");
+    // A large picture is scaled down on the way in, and read.
+    let (status, body) = greedy(&server, asking(&picture([30, 120, 200], 4000, 3000, ImageFormat::Png)));
+    assert_eq!(status, 200, "{body}");
 
     // A model without a projector says so, and what to do.
     let plain = Server::start(bundle(), &[]);

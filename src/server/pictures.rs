@@ -15,6 +15,10 @@ use crate::engine::Image;
 pub const MAX_SIDE: u32 = 8192;
 /// Memory a picture may take while it is decoded.
 const MAX_DECODE_BYTES: u64 = 512 << 20;
+/// Pictures larger than this a side are scaled down here, on the request's thread: no projector reads more
+/// (Gemma 3 takes 896, Pixtral 1024, SmolVLM 1536), and the projector's own resize runs under the lock the
+/// engine thread decodes with, so it should start from a small picture.
+const SCALED_SIDE: u32 = 2048;
 
 /// The picture a `data:` URL holds; `field` names the part in errors (`messages[0].content[1]`).
 pub fn from_url(field: &str, url: &str) -> Result<Image, ApiError> {
@@ -63,6 +67,11 @@ pub fn decode(field: &str, bytes: &[u8]) -> Result<Image, ApiError> {
         }
         e => bad(format!("the picture could not be decoded ({e})")),
     })?;
+    let picture = if picture.width().max(picture.height()) > SCALED_SIDE {
+        picture.resize(SCALED_SIDE, SCALED_SIDE, image::imageops::FilterType::Triangle)
+    } else {
+        picture
+    };
     let rgb = picture.to_rgb8();
     let (width, height) = rgb.dimensions();
     Ok(Image { rgb: rgb.into_raw(), width, height, sha256: crate::pack::hex(&Sha256::digest(bytes)) })
