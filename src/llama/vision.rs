@@ -59,7 +59,8 @@ impl Projector {
         if context.decode_use_mrope() {
             return Err(format!(
                 "the projector {shown} is for a model with multi-axis positions (M-RoPE: Qwen2-VL, Qwen2.5-VL, …), \
-                 which stove does not run yet; Gemma 3, SmolVLM, LLaVA, Pixtral and Mistral Small projectors work"
+                 which stove does not run yet; projectors of other kinds (Gemma 3, SmolVLM, LLaVA, Pixtral, …) \
+                 are read"
             ));
         }
         let (vision, audio) = (context.support_vision(), context.support_audio());
