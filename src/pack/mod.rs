@@ -17,13 +17,16 @@ use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;
 
 use crate::bundle::{
-    self, Bundle, Manifest, ModelManifest, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY, DRAFT_ENTRY, EMBEDDING_ENTRY,
-    MANIFEST_ENTRY, MODEL_ALIGNMENT, MODEL_ENTRY, SIGNATURE_ENTRY,
+    self, Bundle, Manifest, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY, DRAFT_ENTRY, EMBEDDING_ENTRY, MANIFEST_ENTRY,
+    MODEL_ALIGNMENT, MODEL_ENTRY, SIGNATURE_ENTRY,
 };
 use crate::signing;
 
+mod companions;
 mod engine;
 mod stick;
+pub(crate) use companions::check_embedding_model;
+use companions::{check_draft, read_chat_template};
 pub use engine::EngineSource;
 
 /// Set by Ctrl-C or SIGTERM while packing: the copy stops and the temporary file is removed.
@@ -59,85 +62,6 @@ pub struct PackOptions {
 pub struct Packed {
     pub bundle: Bundle,
     pub size: u64,
-}
-
-/// Reads a chat template for `pack --chat-template` and checks that llama.cpp can read it, so a broken one is
-/// refused now and not when the bundle starts.
-fn read_chat_template(path: &std::path::Path) -> Result<String> {
-    let source = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the chat template {} (it must be UTF-8 text)", path.display()))?;
-    if source.len() > bundle::MAX_CHAT_TEMPLATE_BYTES {
-        bail!(
-            "the chat template {} is over {} KiB; no real template is that large",
-            path.display(),
-            bundle::MAX_CHAT_TEMPLATE_BYTES >> 10
-        );
-    }
-    crate::llama::chat::ChatTemplates::from_source(&source)
-        .with_context(|| format!("llama.cpp cannot read the chat template {}", path.display()))?;
-    Ok(source)
-}
-
-/// The draft model `--draft` names, and its manifest entry (its SHA-256 is filled in while it is copied).
-/// Refused when its vocabulary is not the model's (llama.cpp's rule, reading only the two vocabularies), so a
-/// bundle never carries a draft that cannot guess its model's tokens.
-fn check_draft(path: &Path, model: &bundle::ModelSpan) -> Result<(bundle::ModelSpan, ModelManifest)> {
-    let source = bundle::open_model(path).with_context(|| format!("--draft {}", path.display()))?;
-    let span = source.span().clone();
-    let info = span.read_info()?;
-    let matches =
-        crate::llama::speculative::vocabularies_match_at((&model.path, model.offset), (&span.path, span.offset))
-            .map_err(anyhow::Error::msg)?;
-    if !matches {
-        bail!(
-            "the draft model {} has another vocabulary than the model, so it cannot guess its tokens; use a \
-             smaller model of the same family (the same tokenizer)",
-            path.display()
-        );
-    }
-    let file_name = match &source {
-        bundle::ModelSource::Bundle(b) => b.manifest.model.file_name.clone(),
-        bundle::ModelSource::Gguf(_) => file_name_of(path),
-    };
-    let len = span.len;
-    Ok((span, model_manifest(file_name, len, info)))
-}
-
-/// The embedding model `--embedding-model` names, and its manifest entry. Refused unless its GGUF names a
-/// pooling type (what embedding models carry, and what makes llama.cpp give one vector per text): a chat
-/// model's vectors are already served without it.
-pub(crate) fn check_embedding_model(path: &Path) -> Result<(bundle::ModelSpan, ModelManifest)> {
-    let source = bundle::open_model(path).with_context(|| format!("--embedding-model {}", path.display()))?;
-    let span = source.span().clone();
-    let info = span.read_info()?;
-    if !info.pools {
-        bail!(
-            "{} is not an embedding model: its GGUF names no pooling type ({}.pooling_type); pack a model made \
-             for embeddings (nomic-embed-text, bge, e5, gte …); without one, /v1/embeddings uses the chat model",
-            path.display(),
-            info.architecture
-        );
-    }
-    let file_name = match &source {
-        bundle::ModelSource::Bundle(b) => b.manifest.model.file_name.clone(),
-        bundle::ModelSource::Gguf(_) => file_name_of(path),
-    };
-    let len = span.len;
-    Ok((span, model_manifest(file_name, len, info)))
-}
-
-/// What the manifest records of a GGUF; its SHA-256 is computed while it is copied.
-fn model_manifest(file_name: String, size: u64, info: crate::gguf::GgufInfo) -> ModelManifest {
-    ModelManifest {
-        file_name,
-        size,
-        sha256: String::new(),
-        architecture: info.architecture,
-        parameters: info.parameters,
-        quantization: info.quantization,
-        context_length: info.context_length,
-        has_chat_template: info.chat_template.is_some(),
-    }
 }
 
 /// `stove pack`: checks the arguments, packs, and says what was written.
@@ -232,15 +156,9 @@ fn warn_without_exe(target: &str, output: &Path) {
 }
 
 pub fn pack(options: &PackOptions) -> Result<Packed> {
-    let source = bundle::open_model(&options.model)?;
-    let span = source.span().clone();
-    let info = span.read_info()?;
+    let (span, model) = companions::open(&options.model, None)?.into_manifest();
     let engine_len = options.engine.launcher_len;
-    let file_name = match &source {
-        bundle::ModelSource::Bundle(b) => b.manifest.model.file_name.clone(),
-        bundle::ModelSource::Gguf(_) => file_name_of(&options.model),
-    };
-    let name = options.name.clone().unwrap_or_else(|| default_name(&file_name));
+    let name = options.name.clone().unwrap_or_else(|| default_name(&model.file_name));
     let draft = options.draft.as_deref().map(|path| check_draft(path, &span)).transpose()?;
     let embedding = options.embedding_model.as_deref().map(check_embedding_model).transpose()?;
     let web_files = match &options.web {
@@ -287,7 +205,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
             .iter()
             .map(|(name, data)| bundle::FileDigest { name: name.clone(), sha256: hex(&Sha256::digest(data)) })
             .collect(),
-        model: model_manifest(file_name, span.len, info),
+        model,
         draft: draft.as_ref().map(|(_, manifest)| manifest.clone()),
         embedding: embedding.as_ref().map(|(_, manifest)| manifest.clone()),
     };
@@ -483,10 +401,6 @@ pub fn copy_hashing(mut from: impl Read, len: u64, to: &mut impl Write, label: &
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn file_name_of(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.gguf".into())
 }
 
 /// The model file's name without `.gguf`: it names the quantization too, and GGUFs' own `general.name` is
