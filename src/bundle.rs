@@ -8,6 +8,7 @@
 //! | `stove/model.gguf`    | the GGUF, stored, its first byte at a 64 KiB-aligned offset  |
 //! | `stove/draft.gguf`    | optional: a draft model for speculative decoding, stored, 32 KiB-aligned |
 //! | `stove/embedding.gguf`| optional: an embedding model that serves `/v1/embeddings`, stored, 32 KiB-aligned |
+//! | `stove/mmproj.gguf`   | optional: the projector that lets the model see or hear (mtmd), stored, 32 KiB-aligned |
 //! | `engine/...`          | the engine the launcher loads, and `engine/index.json` listing it ([`crate::launch`]) |
 //! | `stove/manifest.json` | [`Manifest`]: what the model is, who packed it, every part's SHA-256 |
 //! | `stove/signature.json`| optional Ed25519 signature over the manifest's bytes ([`crate::signing`]) |
@@ -26,13 +27,15 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 use zip::CompressionMethod;
 
-use crate::gguf::{self, GgufError, GgufInfo};
+use crate::gguf::{self, GgufError, GgufInfo, ProjectorHeader};
 
 pub const MODEL_ENTRY: &str = "stove/model.gguf";
 /// A draft model for speculative decoding (`pack --draft`), stored and aligned like the model.
 pub const DRAFT_ENTRY: &str = "stove/draft.gguf";
 /// An embedding model (`pack --embedding-model`) that serves `/v1/embeddings` in place of the chat model.
 pub const EMBEDDING_ENTRY: &str = "stove/embedding.gguf";
+/// A vision or audio model's projector (`pack --mmproj`), which llama.cpp's `mtmd` loads beside the model.
+pub const MMPROJ_ENTRY: &str = "stove/mmproj.gguf";
 pub const MANIFEST_ENTRY: &str = "stove/manifest.json";
 pub const ARGS_ENTRY: &str = "stove/args.json";
 pub const CHAT_TEMPLATE_ENTRY: &str = "stove/chat_template.jinja";
@@ -70,6 +73,9 @@ pub struct Manifest {
     /// The embedding model (`stove/embedding.gguf`), when the bundle carries one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding: Option<ModelManifest>,
+    /// The projector (`stove/mmproj.gguf`), when the bundle carries one: what the model can see or hear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmproj: Option<ProjectorManifest>,
     /// SHA-256 of `stove/args.json`, when the bundle has default arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args_sha256: Option<String>,
@@ -97,6 +103,38 @@ pub struct ModelManifest {
     pub quantization: String,
     pub context_length: Option<u64>,
     pub has_chat_template: bool,
+}
+
+/// A projector as the manifest records it: its file, and what it reads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProjectorManifest {
+    #[serde(flatten)]
+    pub file: ModelManifest,
+    /// llama.cpp's name for its kind (`clip.projector_type`: gemma3, idefics3, ultravox …).
+    pub projector_type: String,
+    /// Whether the model can be shown pictures, and whether it can hear sound.
+    pub vision: bool,
+    pub audio: bool,
+}
+
+/// A projector to load or pack beside a model: its bytes, the name it was published under, what it reads, and
+/// (from a bundle's manifest) its SHA-256.
+#[derive(Debug, Clone)]
+pub struct ProjectorSource {
+    pub span: ModelSpan,
+    pub file_name: String,
+    pub header: ProjectorHeader,
+    pub sha256: Option<String>,
+}
+
+/// "pictures", "sound", "pictures and sound" (or "nothing" for a projector with neither encoder).
+pub fn senses(vision: bool, audio: bool) -> &'static str {
+    match (vision, audio) {
+        (true, true) => "pictures and sound",
+        (true, false) => "pictures",
+        (false, true) => "sound",
+        (false, false) => "nothing",
+    }
 }
 
 /// Where the bytes of a GGUF are: a whole `.gguf` file, or an entry inside a bundle.
@@ -140,6 +178,8 @@ pub struct Bundle {
     pub draft: Option<ModelSpan>,
     /// The embedding model that serves `/v1/embeddings`, when the bundle carries one.
     pub embedding: Option<ModelSpan>,
+    /// The projector that lets the model see or hear, when the bundle carries one.
+    pub mmproj: Option<ModelSpan>,
     pub default_args: Vec<String>,
     /// Files under `web/` in the payload, with that prefix removed.
     pub web: Vec<(String, Vec<u8>)>,
@@ -217,6 +257,21 @@ pub fn open_model(path: &Path) -> Result<ModelSource, BundleError> {
 }
 
 impl Bundle {
+    /// The projector this bundle carries, with what its manifest records of it.
+    pub fn projector(&self) -> Option<ProjectorSource> {
+        let (span, recorded) = (self.mmproj.as_ref()?, self.manifest.mmproj.as_ref()?);
+        Some(ProjectorSource {
+            span: span.clone(),
+            file_name: recorded.file.file_name.clone(),
+            header: ProjectorHeader {
+                kind: recorded.projector_type.clone(),
+                vision: recorded.vision,
+                audio: recorded.audio,
+            },
+            sha256: Some(recorded.file.sha256.clone()),
+        })
+    }
+
     /// Finds the payload at the end of `path`. `Ok(None)` means the file carries none (a bare engine).
     pub fn find(path: &Path) -> Result<Option<Bundle>, BundleError> {
         let mut file = open(path)?;
@@ -238,6 +293,7 @@ impl Bundle {
         let Some(model) = stored_gguf(&mut archive, path, MODEL_ENTRY, file_len)? else { return Ok(None) };
         let draft = stored_gguf(&mut archive, path, DRAFT_ENTRY, file_len)?;
         let embedding = stored_gguf(&mut archive, path, EMBEDDING_ENTRY, file_len)?;
+        let mmproj = stored_gguf(&mut archive, path, MMPROJ_ENTRY, file_len)?;
         let manifest_bytes = read_entry(&mut archive, path, MANIFEST_ENTRY, 1 << 20)?;
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| corrupt(path, format!("{MANIFEST_ENTRY} is not valid: {e}")))?;
@@ -293,6 +349,7 @@ impl Bundle {
             model,
             draft,
             embedding,
+            mmproj,
             default_args,
             web,
             manifest_bytes,
@@ -449,6 +506,7 @@ mod tests {
                 sign: None,
                 draft: None,
                 embedding_model: None,
+                mmproj: None,
             })
             .unwrap();
             std::fs::read(&out).unwrap()

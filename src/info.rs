@@ -21,7 +21,7 @@ pub fn run(args: &InfoArgs, run: &crate::cli::RunArgs) -> Result<()> {
         Some(path) => path.clone(),
         None => crate::this_file()?,
     };
-    let model = print_model(&path, template_file)?;
+    let model = print_model(&path, template_file, run.mmproj.as_deref())?;
     println!();
     let hw = hardware::detect();
     print_machine(&hw);
@@ -30,8 +30,15 @@ pub fn run(args: &InfoArgs, run: &crate::cli::RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Prints what the file holds; returns its model's header when it has one.
-fn print_model(path: &Path, template_file: Option<&Path>) -> Result<Option<(GgufInfo, u64)>> {
+/// What the capacity estimate needs of the file's model: its header, its size, and its projector's bytes.
+struct Model {
+    gguf: GgufInfo,
+    size: u64,
+    projector: u64,
+}
+
+/// Prints what the file holds; returns its model when it has one. `mmproj` is a projector named at run time.
+fn print_model(path: &Path, template_file: Option<&Path>, mmproj: Option<&Path>) -> Result<Option<Model>> {
     let source = match bundle::open_model(path) {
         Ok(source) => source,
         Err(bundle::BundleError::NotAModel { .. }) => {
@@ -78,6 +85,24 @@ fn print_model(path: &Path, template_file: Option<&Path>) -> Result<Option<(Gguf
             );
         }
     }
+    let projector = match (mmproj, &source) {
+        (Some(path), _) => Some(crate::pack::check_projector(path)?),
+        (None, ModelSource::Bundle(bundle)) => bundle.projector(),
+        (None, ModelSource::Gguf(_)) => None,
+    };
+    if let Some(projector) = &projector {
+        let at = match mmproj {
+            Some(_) => "(--mmproj)".to_string(),
+            None => format!("at byte {}", projector.span.offset),
+        };
+        println!(
+            "  sees         {}: {} projector {} ({}) {at}",
+            bundle::senses(projector.header.vision, projector.header.audio),
+            projector.header.kind,
+            projector.file_name,
+            human_bytes(projector.span.len),
+        );
+    }
     println!("  name         {}", gguf.name.as_deref().unwrap_or("(none)"));
     println!("  architecture {}", gguf.architecture);
     println!("  parameters   {:.1} M", gguf.parameters as f64 / 1e6);
@@ -92,7 +117,8 @@ fn print_model(path: &Path, template_file: Option<&Path>) -> Result<Option<(Gguf
         ModelSource::Gguf(_) => None,
     };
     println!("  chat template {}", template_summary(gguf.chat_template.as_deref(), packed, template_file)?);
-    Ok(Some((gguf, span.len)))
+    let projector = projector.map_or(0, |p| p.span.len);
+    Ok(Some(Model { gguf, size: span.len, projector }))
 }
 
 /// Which chat template a run would use and what it supports, as llama.cpp's chat layer reads it.
@@ -152,20 +178,21 @@ fn print_machine(hw: &Hardware) {
 
 /// The GPU plan for this file's model at the default context, then what else would run here.
 /// `kv_cache`: the cache the estimates count (`--cache-type-k/-v`; a q8_0 cache about halves it).
-fn print_capacity(hw: &Hardware, model: Option<&(GgufInfo, u64)>, kv_cache: &KvCache) {
+fn print_capacity(hw: &Hardware, model: Option<&Model>, kv_cache: &KvCache) {
     let gpus: Vec<_> = hw.devices.iter().filter(|d| d.is_gpu()).cloned().collect();
     let gpu_free: u64 = gpus.iter().map(|d| d.memory_free).sum();
     let available = hw.memory_available.unwrap_or(0);
     let bandwidth = capacity::memory_bandwidth(hw.physical_cores);
-    if let Some((gguf, size)) = model {
+    if let Some(Model { gguf, size, projector }) = model {
         let context = gguf.context_length.map_or(u64::from(DEFAULT_CONTEXT), |c| c.min(u64::from(DEFAULT_CONTEXT)));
         let layout = gguf.layout.with_kv_ratio(kv_cache.size_ratio());
-        let plan = hardware::offload::plan(&layout, &gpus, u64::from(DEFAULT_PARALLEL), context, None);
+        let plan = hardware::offload::plan(&layout, &gpus, u64::from(DEFAULT_PARALLEL), context, None, *projector);
         println!("this model here ({DEFAULT_PARALLEL} conversations of {context} tokens)");
         if !gpus.is_empty() {
             println!("  gpu plan     {}", plan.describe());
         }
-        let needed = layout.weight_bytes().max(*size) + layout.kv_bytes(u64::from(DEFAULT_PARALLEL) * context);
+        let needed =
+            layout.weight_bytes().max(*size) + layout.kv_bytes(u64::from(DEFAULT_PARALLEL) * context) + projector;
         let verdict = match capacity::fit(needed, *size, gpu_free, available, bandwidth) {
             Fit::Gpu => "a good fit: it runs entirely on the GPU".to_string(),
             Fit::Memory { tokens_per_second } if plan.layers > 0 => format!(

@@ -133,6 +133,16 @@ pub fn run(source: &ModelSource, settings: &Settings) -> Result<()> {
                         embedding.name, embedding.dimensions, embedding.context_size
                     );
                 }
+                if let Some(projector) = &runtime.projector {
+                    eprintln!(
+                        "sees {}: {} projector {} ({}, {})",
+                        crate::bundle::senses(projector.vision, projector.audio),
+                        projector.kind,
+                        projector.file,
+                        hardware::human_bytes(projector.bytes),
+                        if projector.on_gpu { "on the GPU" } else { "in main memory" }
+                    );
+                }
                 if runtime.speculation.mode == crate::engine::SpecMode::Draft {
                     eprintln!(
                         "speculative decoding: the draft model guesses up to {} tokens",
@@ -158,7 +168,7 @@ pub fn confine(source: &ModelSource, settings: &Settings) -> Confinement {
     let mut readable = vec![source.span().path.as_path()];
     readable.extend(settings.engine.draft.as_ref().map(|span| span.path.as_path()));
     readable.extend(settings.engine.embedding_model.as_ref().map(|span| span.path.as_path()));
-    readable.extend(settings.engine.mmproj.as_deref());
+    readable.extend(settings.engine.mmproj.as_ref().map(|p| p.span.path.as_path()));
     let confinement = sandbox::enter(&readable);
     for note in &confinement.notes {
         eprintln!("sandbox: {note}");

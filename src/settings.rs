@@ -4,11 +4,10 @@
 //! backends load or the model is read. (The shape follows miniserve: arguments → validated configuration.)
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::bundle::{ModelSource, ModelSpan};
+use crate::bundle::{ModelSource, ModelSpan, ProjectorSource};
 use crate::cli::{GpuChoice, RunArgs};
 use crate::engine::{EngineConfig, FlashAttention, KvCache, SamplingParams, SpecConfig, SpecMode, TemplateOrigin};
 use clap::ValueEnum;
@@ -69,7 +68,7 @@ impl Settings {
                 speculation: speculation(run)?,
                 draft: draft(run, source)?,
                 embedding_model: embedding_model(run, source)?,
-                mmproj: mmproj(run)?,
+                mmproj: mmproj(run, source)?,
             },
             sampling: SamplingParams {
                 temperature: run.temperature,
@@ -141,13 +140,14 @@ fn embedding_model(run: &RunArgs, source: &ModelSource) -> Result<Option<ModelSp
     }
 }
 
-/// The projector `--mmproj` names, checked to be a file now rather than when the model has loaded.
-fn mmproj(run: &RunArgs) -> Result<Option<PathBuf>> {
-    let Some(path) = &run.mmproj else { return Ok(None) };
-    if !path.is_file() {
-        bail!("--mmproj {}: no such file (it is the projector GGUF published beside a vision model)", path.display());
+/// The projector `--mmproj` names (checked to be one now rather than when the model has loaded), or else the
+/// one the bundle carries.
+fn mmproj(run: &RunArgs, source: &ModelSource) -> Result<Option<ProjectorSource>> {
+    match (&run.mmproj, source) {
+        (Some(path), _) => Ok(Some(crate::pack::check_projector(path)?)),
+        (None, ModelSource::Bundle(bundle)) => Ok(bundle.projector()),
+        (None, _) => Ok(None),
     }
-    Ok(Some(path.clone()))
 }
 
 /// The API key from `--api-key`, `STOVE_API_KEY` or `--api-key-file`.

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bundle::{
     Bundle, BundleError, ModelSource, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY, DRAFT_ENTRY, EMBEDDING_ENTRY, MANIFEST_ENTRY,
-    MODEL_ENTRY, SIGNATURE_ENTRY, WEB_PREFIX,
+    MMPROJ_ENTRY, MODEL_ENTRY, SIGNATURE_ENTRY, WEB_PREFIX,
 };
 use crate::cli::{RunArgs, VerifyArgs};
 use crate::hardware::human_bytes;
@@ -103,8 +103,11 @@ pub fn check(bundle: &Bundle, required: Option<&VerifyingKey>) -> Result<Report>
         size: Some(bundle.model.len),
         state: compare(&model, Some(&manifest.model.sha256)),
     });
-    let others =
-        [("draft model", &bundle.draft, &manifest.draft), ("embedding model", &bundle.embedding, &manifest.embedding)];
+    let others = [
+        ("draft model", &bundle.draft, manifest.draft.as_ref()),
+        ("embedding model", &bundle.embedding, manifest.embedding.as_ref()),
+        ("projector", &bundle.mmproj, manifest.mmproj.as_ref().map(|p| &p.file)),
+    ];
     for (name, span, recorded) in others {
         match (span, recorded) {
             (None, None) => {}
@@ -113,7 +116,7 @@ pub fn check(bundle: &Bundle, required: Option<&VerifyingKey>) -> Result<Report>
                 parts.push(Part {
                     name: name.into(),
                     size: Some(span.len),
-                    state: compare(&actual, recorded.as_ref().map(|r| r.sha256.as_str())),
+                    state: compare(&actual, recorded.map(|r| r.sha256.as_str())),
                 });
             }
             (None, Some(_)) => parts.push(Part { name: name.into(), size: None, state: State::Missing }),
@@ -179,6 +182,7 @@ fn check_layout(bundle: &Bundle) -> Result<Vec<Part>> {
             MODEL_ENTRY,
             DRAFT_ENTRY,
             EMBEDDING_ENTRY,
+            MMPROJ_ENTRY,
             MANIFEST_ENTRY,
             SIGNATURE_ENTRY,
             ARGS_ENTRY,

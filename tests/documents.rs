@@ -355,13 +355,7 @@ fn pack_carries_an_embedding_model_that_info_lists_and_verify_checks() {
     let verified = common::run(&["verify", out.to_str().unwrap()]);
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
     assert!(String::from_utf8_lossy(&verified.stdout).contains("embedding model    intact"));
-    let offset: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("  embeddings   ")?.split(" at byte ").nth(1)?.split(':').next()?.parse().ok())
-        .expect("the embedding model's offset in stove info");
-    let mut bytes = std::fs::read(&out).unwrap();
-    bytes[(offset + 4096) as usize] ^= 0xff;
-    std::fs::write(&out, &bytes).unwrap();
+    common::damage(&out, common::offset_in_info(&text, "  embeddings   ") + 4096);
     let verified = common::run(&["verify", out.to_str().unwrap()]);
     assert!(!verified.status.success());
     assert!(String::from_utf8_lossy(&verified.stdout).contains("embedding model    DAMAGED"));

@@ -21,13 +21,16 @@ use common::{bundle, python, scratch, Server};
 
 fn projector() -> &'static Path {
     static PROJECTOR: OnceLock<PathBuf> = OnceLock::new();
-    PROJECTOR.get_or_init(|| {
-        let out = scratch().join("tiny-mmproj.gguf");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/multimodal/projector.py");
-        let status = Command::new(python()).arg(script).arg(&out).status().unwrap();
-        assert!(status.success(), "projector.py failed");
-        out
-    })
+    PROJECTOR.get_or_init(|| write_projector("tiny-mmproj.gguf", &[]))
+}
+
+/// Runs projector.py with `args`, writing `name` in the scratch folder.
+fn write_projector(name: &str, args: &[&str]) -> PathBuf {
+    let out = scratch().join(name);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/multimodal/projector.py");
+    let status = Command::new(python()).arg(script).arg(&out).args(args).status().unwrap();
+    assert!(status.success(), "projector.py failed");
+    out
 }
 
 /// A `data:` URL of a `width`×`height` picture of one colour with a diagonal line, in `format`.
@@ -207,4 +210,60 @@ fn the_page_attaches_shows_sends_and_keeps_a_picture_for_a_model_that_sees() {
     assert!(page.text("document.querySelector('.message.error').textContent").contains("cannot see"));
     assert_eq!(page.count("#attachments .chip"), 0);
     page.assert_offline(&plain.url);
+}
+
+#[test]
+fn pack_carries_the_projector_that_info_names_verify_checks_and_the_bundle_loads() {
+    let out = scratch().join("sees.stove");
+    common::pack(&out, &["--mmproj", projector().to_str().unwrap(), "--", "--ctx-size", "1024"]);
+    let info = common::run(&["info", out.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("  sees         pictures: gemma3 projector tiny-mmproj.gguf ("), "{text}");
+
+    // The bundle sees with no --mmproj, and answers as the projector file does.
+    let url = picture([200, 30, 30], 96, 80, ImageFormat::Png);
+    let bundled = Server::start(&out, &[]);
+    let served: Value = common::client().get(format!("{}/stove/info", bundled.url)).send().unwrap().json().unwrap();
+    let projector_info = &served["runtime"]["projector"];
+    assert_eq!(projector_info["file"], "tiny-mmproj.gguf", "{served}");
+    assert_eq!(projector_info["kind"], "gemma3");
+    assert_eq!(projector_info["bytes"].as_u64(), Some(std::fs::metadata(projector()).unwrap().len()));
+    assert_eq!(projector_info["on_gpu"], false, "no GPU here");
+    let (status, from_bundle) = greedy(&bundled, asking(&url));
+    assert_eq!(status, 200, "{from_bundle}");
+    let stderr = bundled.stop();
+    assert!(stderr.contains("sees pictures: gemma3 projector tiny-mmproj.gguf"), "{stderr}");
+    let from_file = Server::start(bundle(), &["--mmproj", projector().to_str().unwrap()]);
+    assert_eq!(answer(&from_bundle), answer(&greedy(&from_file, asking(&url)).1));
+    drop(from_file);
+
+    // verify hashes it: intact, then one changed byte is named.
+    let verified = common::run(&["verify", out.to_str().unwrap()]);
+    let report = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success() && report.contains("projector          intact"), "{report}");
+    common::damage(&out, common::offset_in_info(&text, "  sees         ") + 4096);
+    let verified = common::run(&["verify", out.to_str().unwrap()]);
+    assert!(!verified.status.success());
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("projector          DAMAGED"));
+
+    // Refused before a byte is written: a model that is not a projector, and a projector made for another width.
+    let model = common::model();
+    let other_width = write_projector("wide-mmproj.gguf", &["--width", "960"]);
+    for (mmproj, expected) in
+        [(model.as_path(), "is not a projector"), (other_width.as_path(), "could not load the projector")]
+    {
+        let refused = scratch().join("refused.stove");
+        let output = common::run(&[
+            "pack",
+            "--model",
+            model.to_str().unwrap(),
+            "--mmproj",
+            mmproj.to_str().unwrap(),
+            "-o",
+            refused.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{stderr}");
+        assert!(!refused.exists());
+    }
 }

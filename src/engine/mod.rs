@@ -12,6 +12,7 @@ mod embed;
 mod kv_cache;
 mod media;
 pub mod metrics;
+mod projector_file;
 mod prompt;
 mod request;
 mod sampling;
@@ -36,7 +37,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
 
-use crate::bundle::{ModelSource, ModelSpan};
+use crate::bundle::{ModelSource, ModelSpan, ProjectorSource};
 use crate::hardware;
 pub use metrics::Metrics;
 pub use prompt::TemplateOrigin;
@@ -79,8 +80,8 @@ pub struct EngineConfig {
     pub draft: Option<ModelSpan>,
     /// An embedding model that serves embeddings in place of the model (`--embedding-model`).
     pub embedding_model: Option<ModelSpan>,
-    /// The projector that reads pictures for the model (`--mmproj`), a GGUF file.
-    pub mmproj: Option<PathBuf>,
+    /// The projector that lets the model see or hear (`--mmproj`, or the bundle's).
+    pub mmproj: Option<ProjectorSource>,
 }
 
 /// What the page, `/v1/models` and `stove info` show about the model.
@@ -129,9 +130,14 @@ pub struct Runtime {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProjectorInfo {
     pub file: String,
+    /// llama.cpp's name for its kind (gemma3, idefics3, ultravox …).
+    pub kind: String,
     /// Whether the model can be shown pictures, and whether it can hear sound.
     pub vision: bool,
     pub audio: bool,
+    /// Its weights' bytes, and whether they went to the GPU (with the model's layers) or stayed in main memory.
+    pub bytes: u64,
+    pub on_gpu: bool,
 }
 
 /// An embedding model loaded beside the chat model.

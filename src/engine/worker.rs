@@ -71,8 +71,15 @@ impl Worker {
         let layout = self.layout.with_kv_ratio(config.kv_cache.size_ratio());
         let parallel = config.parallel.unwrap_or_else(|| default_parallel(&layout, context_size)).max(1);
         let gpus: Vec<_> = hardware::devices().into_iter().filter(hardware::Device::is_gpu).collect();
-        let offload =
-            hardware::offload::plan(&layout, &gpus, u64::from(parallel), u64::from(context_size), config.gpu_layers);
+        let projector_bytes = config.mmproj.as_ref().map_or(0, |p| p.span.len);
+        let offload = hardware::offload::plan(
+            &layout,
+            &gpus,
+            u64::from(parallel),
+            u64::from(context_size),
+            config.gpu_layers,
+            projector_bytes,
+        );
         let model =
             crate::llama::load_model_at(&backend, &span.path, span.offset, config.use_mmap, offload.n_gpu_layers())
                 .map_err(|e| e.to_string())?;
@@ -99,8 +106,13 @@ impl Worker {
             Some(span) => Some(load_embedder(&backend, span, config.use_mmap, beside_gpu_layers)?),
             None => None,
         };
+        // The projector goes to the GPU with the model's first layer, as the plan counted it.
+        let projector_on_gpu = offload.layers > 0;
         let projector = match &config.mmproj {
-            Some(path) => Some(Arc::new(Projector::load(path, &model, threads, offload.layers > 0)?)),
+            Some(source) => {
+                let file = super::projector_file::open(&source.span, source.sha256.as_deref())?;
+                Some(Arc::new(Projector::load(file.path(), &model, threads, projector_on_gpu)?))
+            }
             None => None,
         };
         let _ = self.prompter.set(Prompter {
@@ -160,10 +172,13 @@ impl Worker {
             kv_cache: config.kv_cache,
             speculation: spec_config,
             embedding_model: embedder.as_ref().map(|(_, about)| about.clone()),
-            projector: config.mmproj.as_ref().zip(projector.as_deref()).map(|(path, p)| ProjectorInfo {
-                file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            projector: config.mmproj.as_ref().zip(projector.as_deref()).map(|(source, p)| ProjectorInfo {
+                file: source.file_name.clone(),
+                kind: source.header.kind.clone(),
                 vision: p.vision,
                 audio: p.audio,
+                bytes: source.span.len,
+                on_gpu: projector_on_gpu,
             }),
         })));
 

@@ -28,9 +28,22 @@ pub struct GgufInfo {
     /// Whether the model pools its states into one vector per text (`{arch}.pooling_type`, not none): what
     /// embedding models carry.
     pub pools: bool,
+    /// What a multimodal projector (architecture `clip`, an mmproj GGUF) reads, when this is one.
+    pub projector: Option<ProjectorHeader>,
     /// Offset of the tensor data section from the start of the GGUF.
     pub data_offset: u64,
     pub layout: ModelLayout,
+}
+
+/// A projector's own description of itself (the keys llama.cpp's `clip` reads, `tools/mtmd/clip-impl.h`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectorHeader {
+    /// llama.cpp's name for its kind (`clip.projector_type`): gemma3, idefics3, qwen2vl_merger, ultravox …; two
+    /// names joined by `+` for a model that both sees and hears.
+    pub kind: String,
+    /// Whether it reads pictures, and whether it reads sound.
+    pub vision: bool,
+    pub audio: bool,
 }
 
 /// What deciding how much of a model fits on a GPU needs: the weights of each layer (block) and the rest, and
@@ -186,6 +199,22 @@ pub fn read_info<R: Read + Seek>(file: R, offset: u64, len: u64) -> Result<GgufI
     let value_size = number("attention.value_length").unwrap_or(head_size);
     layout.kv_bytes_per_token_layer = kv_heads.saturating_mul(key_size.saturating_add(value_size)).saturating_mul(2);
     let pools = number("pooling_type").is_some_and(|t| t > 0);
+    let flag = |key: &str| matches!(values.get(key), Some(Value::Uint(n)) if *n != 0);
+    let projector = (architecture == "clip").then(|| {
+        let vision = flag("clip.has_vision_encoder");
+        let audio = flag("clip.has_audio_encoder");
+        // One kind for the whole file, or (models with both) one for each encoder.
+        let kinds: Vec<String> = match text("clip.projector_type") {
+            Some(kind) => vec![kind],
+            None => [(vision, "clip.vision.projector_type"), (audio, "clip.audio.projector_type")]
+                .into_iter()
+                .filter(|(has, _)| *has)
+                .filter_map(|(_, key)| text(key))
+                .collect(),
+        };
+        let kind = if kinds.is_empty() { "unknown".to_string() } else { kinds.join("+") };
+        ProjectorHeader { kind, vision, audio }
+    });
     let quantization = match values.get("general.file_type") {
         Some(Value::Uint(t)) => file_type_name(*t),
         _ => "unknown".to_string(),
@@ -199,6 +228,7 @@ pub fn read_info<R: Read + Seek>(file: R, offset: u64, len: u64) -> Result<GgufI
         context_length,
         chat_template: text("tokenizer.chat_template"),
         pools,
+        projector,
         data_offset,
         layout,
     })

@@ -114,8 +114,9 @@ impl<R: Read + Seek> HeaderReader<R> {
             3 => Value::Int(i16::from_le_bytes(self.bytes()?).into()),
             4 => Value::Uint(self.u32()?.into()),
             5 => Value::Int(i32::from_le_bytes(self.bytes()?).into()),
-            // Floats and booleans: nothing stove reads.
-            6 | 7 | 12 => return self.skip(scalar_size(value_type).expect("a scalar type")).map(|()| None),
+            // Booleans as 0 or 1 (a projector's `clip.has_vision_encoder`); floats: nothing stove reads.
+            7 => Value::Uint(u8::from_le_bytes(self.bytes()?).into()),
+            6 | 12 => return self.skip(scalar_size(value_type).expect("a scalar type")).map(|()| None),
             8 => match self.string(MAX_KEPT_STRING)? {
                 Some(s) => Value::Str(s),
                 None => return Ok(None),

@@ -54,13 +54,15 @@ impl OffloadPlan {
 }
 
 /// Plans the offload of `layout` onto `gpus` for a KV cache of `conversations` × `context` tokens.
-/// `requested` is `--gpu-layers` when given (-1: all).
+/// `requested` is `--gpu-layers` when given (-1: all). `projector` is the bytes of a projector (`--mmproj`),
+/// which goes to the GPU whenever any layer does (where llama.cpp's mtmd puts it), so it is counted first.
 pub fn plan(
     layout: &ModelLayout,
     gpus: &[Device],
     conversations: u64,
     context: u64,
     requested: Option<i32>,
+    projector: u64,
 ) -> OffloadPlan {
     let total_layers = layout.layer_bytes.len() as u32;
     let kv_layer = layout.kv_bytes(conversations * context) / u64::from(total_layers.max(1));
@@ -73,15 +75,17 @@ pub fn plan(
         weights + head + kv_layer * u64::from(layers)
     };
     let all = cost(total_layers);
-    let everything = layout.weight_bytes() + kv_layer * u64::from(total_layers);
+    let everything = layout.weight_bytes() + kv_layer * u64::from(total_layers) + projector;
+    // What goes to the GPUs with `layers` layers there (the projector goes with the first).
+    let on_gpu = |layers: u32| if layers > 0 { cost(layers) + projector } else { 0 };
     let result = |layers: u32, reason: String, full_offload_context: Option<u64>| {
-        let on_gpu = if layers > 0 { cost(layers) + reserve } else { 0 };
+        let gpu_bytes = if layers > 0 { on_gpu(layers) + reserve } else { 0 };
         OffloadPlan {
             layers,
             total_layers,
             gpu_free,
-            gpu_bytes: on_gpu,
-            cpu_bytes: everything.saturating_sub(cost(layers)),
+            gpu_bytes,
+            cpu_bytes: everything.saturating_sub(on_gpu(layers)),
             reason,
             full_offload_context,
         }
@@ -93,15 +97,15 @@ pub fn plan(
         let layers = u32::try_from(n).map_or(total_layers, |n| n.min(total_layers));
         return result(layers, format!("--gpu-layers {n}"), None);
     }
-    if all + reserve <= gpu_free {
+    if all + projector + reserve <= gpu_free {
         return result(total_layers, "all layers fit".into(), None);
     }
-    let fitting = (0..total_layers).rev().find(|&n| cost(n) + reserve <= gpu_free).unwrap_or(0);
+    let fitting = (0..total_layers).rev().find(|&n| on_gpu(n) + reserve <= gpu_free).unwrap_or(0);
     // The largest context, in steps of 256 tokens (llama.cpp's granularity), at which everything would fit.
     let full_offload_context = (1..=context / 256)
         .rev()
         .map(|steps| steps * 256)
-        .find(|&c| layout.weight_bytes() + layout.kv_bytes(conversations * c) + reserve <= gpu_free);
+        .find(|&c| layout.weight_bytes() + layout.kv_bytes(conversations * c) + projector + reserve <= gpu_free);
     let reason = match fitting {
         0 => format!("not one layer fits in {} free", human_bytes(gpu_free)),
         _ => format!("as many as fit in {} free", human_bytes(gpu_free)),
@@ -134,7 +138,7 @@ mod tests {
     #[test]
     fn everything_goes_to_a_gpu_that_holds_it() {
         // Weights 1050 MiB + KV 10 × 4096 tokens × 1 KiB = 40 MiB + 512 MiB reserve.
-        let plan = plan(&layout(), &[gpu(2048 * MIB)], 1, 4096, None);
+        let plan = plan(&layout(), &[gpu(2048 * MIB)], 1, 4096, None, 0);
         assert_eq!((plan.layers, plan.n_gpu_layers()), (10, -1));
         assert_eq!(plan.gpu_bytes, (1050 + 40 + 512) * MIB);
         assert_eq!(plan.cpu_bytes, 0);
@@ -143,7 +147,7 @@ mod tests {
     #[test]
     fn a_smaller_gpu_takes_as_many_layers_as_fit_and_says_what_context_would_fit_all() {
         // 1024 MiB free − 512 reserve = 512 MiB: 5 layers of 100 MiB + 4 MiB KV each.
-        let plan = plan(&layout(), &[gpu(1024 * MIB)], 4, 4096, None);
+        let plan = plan(&layout(), &[gpu(1024 * MIB)], 4, 4096, None, 0);
         assert_eq!(plan.layers, 4, "{plan:?}"); // 5 × (100 + 16) MiB = 580 MiB would not fit
         assert_eq!(plan.full_offload_context, None, "the weights alone do not fit");
         let roomy = plan_for(1700);
@@ -154,21 +158,32 @@ mod tests {
 
     fn plan_for(free_mib: u64) -> OffloadPlan {
         // 4 conversations of 16384 tokens: 640 MiB of KV cache in all.
-        plan(&layout(), &[gpu(free_mib * MIB)], 4, 16384, None)
+        plan(&layout(), &[gpu(free_mib * MIB)], 4, 16384, None, 0)
     }
 
     #[test]
     fn no_gpu_or_no_room_means_the_cpu_does_it_all() {
-        assert_eq!(plan(&layout(), &[], 1, 4096, None).layers, 0);
-        let tiny = plan(&layout(), &[gpu(256 * MIB)], 1, 4096, None);
+        assert_eq!(plan(&layout(), &[], 1, 4096, None, 0).layers, 0);
+        let tiny = plan(&layout(), &[gpu(256 * MIB)], 1, 4096, None, 0);
         assert_eq!((tiny.layers, tiny.gpu_bytes), (0, 0));
         assert!(tiny.reason.contains("not one layer fits"), "{}", tiny.reason);
     }
 
     #[test]
     fn gpu_layers_overrides_the_plan() {
-        let plan = plan(&layout(), &[gpu(256 * MIB)], 1, 4096, Some(3));
+        let plan = plan(&layout(), &[gpu(256 * MIB)], 1, 4096, Some(3), 0);
         assert_eq!((plan.layers, plan.n_gpu_layers()), (3, 3));
-        assert_eq!(super::plan(&layout(), &[gpu(256 * MIB)], 1, 4096, Some(-1)).n_gpu_layers(), -1);
+        assert_eq!(super::plan(&layout(), &[gpu(256 * MIB)], 1, 4096, Some(-1), 0).n_gpu_layers(), -1);
+    }
+
+    #[test]
+    fn a_projector_goes_to_the_gpu_before_the_layers_and_stays_in_main_memory_without_one() {
+        // 2048 MiB held everything with 456 MiB to spare; a 500 MiB projector leaves room for 9 layers.
+        let plan = plan(&layout(), &[gpu(2048 * MIB)], 1, 4096, None, 500 * MIB);
+        assert_eq!(plan.layers, 9, "{plan:?}");
+        assert_eq!(plan.gpu_bytes, (9 * 104 + 500 + 512) * MIB);
+        assert_eq!(plan.cpu_bytes, (104 + 50) * MIB);
+        let cpu = super::plan(&layout(), &[], 1, 4096, None, 500 * MIB);
+        assert_eq!((cpu.gpu_bytes, cpu.cpu_bytes), (0, (1050 + 40 + 500) * MIB));
     }
 }

@@ -11,4 +11,4 @@ pub mod modules;
 pub mod speculative;
 pub mod vision;
 
-pub use model::{load_model_at, system_info, tensor_type_layout};
+pub use model::{load_description_at, load_model_at, system_info, tensor_type_layout};

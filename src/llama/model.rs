@@ -56,10 +56,29 @@ pub fn load_model_at(
 
 /// Loads only the vocabulary of the GGUF at byte `offset` of `path` (no weights), to compare it with another's.
 pub fn load_vocabulary_at(path: &Path, offset: u64) -> Result<LlamaModel, LoadError> {
+    load_without_weights(path, offset, |params| params.vocab_only = true)
+}
+
+/// Loads the GGUF at byte `offset` of `path` as llama.cpp describes it (vocabulary and sizes: what a projector
+/// is checked against) without reading or allocating its weights (`no_alloc`).
+pub fn load_description_at(path: &Path, offset: u64) -> Result<LlamaModel, LoadError> {
+    load_without_weights(path, offset, |params| {
+        // Mapping is what no_alloc leaves out; asked for, llama.cpp would assert.
+        params.no_alloc = true;
+        params.load_mode = llama_cpp_sys_2::LLAMA_LOAD_MODE_NONE;
+        params.n_gpu_layers = 0;
+    })
+}
+
+fn load_without_weights(
+    path: &Path,
+    offset: u64,
+    set: impl FnOnce(&mut llama_cpp_sys_2::llama_model_params),
+) -> Result<LlamaModel, LoadError> {
     let file = open_at(path, offset)?;
-    // SAFETY: default params from llama.cpp with `vocab_only` set; no callbacks or pointers are set.
+    // SAFETY: default params from llama.cpp with flags that skip the weights set; no callbacks or pointers.
     let mut params = unsafe { llama_cpp_sys_2::llama_model_default_params() };
-    params.vocab_only = true;
+    set(&mut params);
     // SAFETY: as in `load_model_at`: the FILE is positioned at the GGUF and closed after llama.cpp is done.
     let model = unsafe { llama_cpp_sys_2::llama_model_load_from_file_ptr(file.cast(), params) };
     unsafe { libc::fclose(file) };

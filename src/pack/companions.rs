@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::bundle::{self, ModelManifest, ModelSpan};
+use crate::bundle::{self, ModelManifest, ModelSpan, ProjectorManifest, ProjectorSource};
 use crate::gguf::GgufInfo;
 
 /// A GGUF to pack, opened: where its bytes are, what its header says, and the file name the manifest records
@@ -33,6 +33,18 @@ impl Opened {
         };
         (span, manifest)
     }
+}
+
+/// What the manifest records of a projector (the SHA-256 is filled in while it is copied).
+pub(super) fn projector_manifest(projector: &ProjectorSource) -> Result<ProjectorManifest> {
+    let info = projector.span.read_info()?;
+    let file = Opened { span: projector.span.clone(), info, file_name: projector.file_name.clone() }.into_manifest().1;
+    Ok(ProjectorManifest {
+        file,
+        projector_type: projector.header.kind.clone(),
+        vision: projector.header.vision,
+        audio: projector.header.audio,
+    })
 }
 
 /// Opens the GGUF at `path` (or the model of the stove file there); `flag` names the option in errors.
@@ -102,4 +114,41 @@ pub(crate) fn check_embedding_model(path: &Path) -> Result<(ModelSpan, ModelMani
         );
     }
     Ok(embedder.into_manifest())
+}
+
+/// The projector `--mmproj` names (at pack time and at run time): the mmproj GGUF published beside a vision or
+/// audio model. Refused unless its header says it is one (architecture `clip`) with an encoder; whether it was
+/// made for this model is llama.cpp's to say when it loads (`pack` loads it once to check).
+pub(crate) fn check_projector(path: &Path) -> Result<ProjectorSource> {
+    let len = std::fs::metadata(path)
+        .with_context(|| {
+            format!(
+                "--mmproj {}: cannot read it (it is the projector GGUF published beside a vision model)",
+                path.display()
+            )
+        })?
+        .len();
+    let span = ModelSpan::new(path.to_path_buf(), 0, len);
+    let info = span.read_info().with_context(|| format!("--mmproj {}", path.display()))?;
+    let Some(header) = info.projector.filter(|p| p.vision || p.audio) else {
+        bail!(
+            "--mmproj {} is not a projector: its GGUF is a {} model, not the `clip` encoder llama.cpp's multimodal \
+             library loads; pass the mmproj-….gguf published beside the vision model",
+            path.display(),
+            info.architecture
+        );
+    };
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "mmproj.gguf".into());
+    Ok(ProjectorSource { span, file_name, header, sha256: None })
+}
+
+/// Loads the projector once against the model's description (no weights): what llama.cpp checks when the
+/// bundle starts (that it was made for a model of this width, of a kind it supports) is checked before a byte
+/// is written.
+pub(super) fn check_projector_fits(projector: &ProjectorSource, model: &ModelSpan) -> Result<()> {
+    // Clip runs its check on a backend: the CPU's is enough, and no GPU needs waking to pack.
+    crate::hardware::backends::load(crate::hardware::backends::GpuChoice::None).map_err(anyhow::Error::msg)?;
+    let description = crate::llama::load_description_at(&model.path, model.offset)?;
+    crate::llama::vision::Projector::load(&projector.span.path, &description, 1, false).map_err(anyhow::Error::msg)?;
+    Ok(())
 }

@@ -18,15 +18,15 @@ use zip::CompressionMethod;
 
 use crate::bundle::{
     self, Bundle, Manifest, ARGS_ENTRY, CHAT_TEMPLATE_ENTRY, DRAFT_ENTRY, EMBEDDING_ENTRY, MANIFEST_ENTRY,
-    MODEL_ALIGNMENT, MODEL_ENTRY, SIGNATURE_ENTRY,
+    MMPROJ_ENTRY, MODEL_ALIGNMENT, MODEL_ENTRY, SIGNATURE_ENTRY,
 };
 use crate::signing;
 
 mod companions;
 mod engine;
 mod stick;
-pub(crate) use companions::check_embedding_model;
-use companions::{check_draft, read_chat_template};
+use companions::{check_draft, check_projector_fits, projector_manifest, read_chat_template};
+pub(crate) use companions::{check_embedding_model, check_projector};
 pub use engine::EngineSource;
 
 /// Set by Ctrl-C or SIGTERM while packing: the copy stops and the temporary file is removed.
@@ -57,6 +57,8 @@ pub struct PackOptions {
     pub draft: Option<PathBuf>,
     /// An embedding model (a GGUF that pools, or another stove file's model) to serve `/v1/embeddings`.
     pub embedding_model: Option<PathBuf>,
+    /// The projector (mmproj GGUF) that lets the model see or hear, checked to load for this model.
+    pub mmproj: Option<PathBuf>,
 }
 
 pub struct Packed {
@@ -118,6 +120,7 @@ pub fn run(args: &crate::cli::PackArgs, run: &crate::cli::RunArgs) -> Result<()>
         sign: args.sign.as_deref().map(signing::load_signing_key).transpose()?,
         draft: run.draft.clone(),
         embedding_model: run.embedding_model.clone(),
+        mmproj: run.mmproj.clone(),
     })?;
     let manifest = &packed.bundle.manifest;
     println!(
@@ -161,6 +164,13 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     let name = options.name.clone().unwrap_or_else(|| default_name(&model.file_name));
     let draft = options.draft.as_deref().map(|path| check_draft(path, &span)).transpose()?;
     let embedding = options.embedding_model.as_deref().map(check_embedding_model).transpose()?;
+    let mmproj = match options.mmproj.as_deref().map(check_projector).transpose()? {
+        Some(projector) => {
+            check_projector_fits(&projector, &span)?;
+            Some((projector.span.clone(), projector_manifest(&projector)?))
+        }
+        None => None,
+    };
     let web_files = match &options.web {
         Some(dir) => collect_web_files(dir)?,
         None => Vec::new(),
@@ -175,7 +185,8 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
                 + options.engine.files_len()
                 + span.len
                 + draft.as_ref().map_or(0, |(d, _)| d.len)
-                + embedding.as_ref().map_or(0, |(e, _)| e.len))
+                + embedding.as_ref().map_or(0, |(e, _)| e.len)
+                + mmproj.as_ref().map_or(0, |(p, _)| p.len))
                 >> 20
         )
     };
@@ -208,6 +219,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         model,
         draft: draft.as_ref().map(|(_, manifest)| manifest.clone()),
         embedding: embedding.as_ref().map(|(_, manifest)| manifest.clone()),
+        mmproj: mmproj.as_ref().map(|(_, manifest)| manifest.clone()),
     };
     let payload = Payload {
         manifest,
@@ -219,6 +231,7 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         sign: options.sign.as_ref(),
         draft: draft.as_ref().map(|(span, _)| span),
         embedding: embedding.as_ref().map(|(span, _)| span),
+        mmproj: mmproj.as_ref().map(|(span, _)| span),
     };
     let (file, manifest) = match write_payload(out, &span, payload) {
         Ok(written) => written,
@@ -239,7 +252,8 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
     temp.persist(&options.out).with_context(|| format!("while moving the packed file to {}", options.out.display()))?;
     let draft = bundle.draft.as_ref().map(|d| d.moved_to(options.out.clone()));
     let embedding = bundle.embedding.as_ref().map(|e| e.moved_to(options.out.clone()));
-    let bundle = Bundle { model: bundle.model.moved_to(options.out.clone()), draft, embedding, ..bundle };
+    let mmproj = bundle.mmproj.as_ref().map(|p| p.moved_to(options.out.clone()));
+    let bundle = Bundle { model: bundle.model.moved_to(options.out.clone()), draft, embedding, mmproj, ..bundle };
     Ok(Packed { bundle, size })
 }
 
@@ -293,22 +307,28 @@ struct Payload<'a> {
     sign: Option<&'a SigningKey>,
     draft: Option<&'a bundle::ModelSpan>,
     embedding: Option<&'a bundle::ModelSpan>,
+    mmproj: Option<&'a bundle::ModelSpan>,
 }
 
 /// Writes the archive after the launcher: the model (aligned, stored), the engine's files and their index,
 /// the manifest with the model's and the index's SHA-256, its signature, the default arguments and the page
 /// files. Returns the file and the completed manifest.
 fn write_payload(out: BufWriter<File>, span: &bundle::ModelSpan, payload: Payload) -> io::Result<(File, Manifest)> {
-    let Payload { mut manifest, engine, launcher_sha256, args, chat_template, web, sign, draft, embedding } = payload;
+    let Payload { mut manifest, engine, launcher_sha256, args, chat_template, web, sign, draft, embedding, mmproj } =
+        payload;
     let mut zip = zip::ZipWriter::new(out);
     let mut write_entries = |zip: &mut zip::ZipWriter<BufWriter<File>>| -> io::Result<()> {
         let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
         let aligned = stored.with_alignment(ZIP_ALIGNMENT as u16).large_file(span.len >= u32::MAX as u64);
         zip.start_file(MODEL_ENTRY, aligned)?;
         manifest.model.sha256 = copy_with_progress(span, zip)?;
-        // The other models: 32 KiB-aligned, so their data is 32-byte aligned as llama.cpp maps it.
-        let others =
-            [(DRAFT_ENTRY, draft, manifest.draft.as_mut()), (EMBEDDING_ENTRY, embedding, manifest.embedding.as_mut())];
+        // The other models and the projector: 32 KiB-aligned, so their data is 32-byte aligned as llama.cpp
+        // maps it.
+        let others = [
+            (DRAFT_ENTRY, draft, manifest.draft.as_mut()),
+            (EMBEDDING_ENTRY, embedding, manifest.embedding.as_mut()),
+            (MMPROJ_ENTRY, mmproj, manifest.mmproj.as_mut().map(|p| &mut p.file)),
+        ];
         for (entry, span, recorded) in others {
             if let (Some(span), Some(recorded)) = (span, recorded) {
                 zip.start_file(

@@ -96,6 +96,23 @@ pub fn pack(out: &Path, extra: &[&str]) {
     assert!(output.status.success(), "pack failed: {}", String::from_utf8_lossy(&output.stderr));
 }
 
+/// Flips one byte of `path` at `offset` (a part's damage, for `verify` to find).
+pub fn damage(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0xff;
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// The byte a part starts at, from `stove info`'s line for it (`  {label}… at byte N…`).
+pub fn offset_in_info(info: &str, label: &str) -> u64 {
+    info.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(label)?.split(" at byte ").nth(1)?;
+            rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {label:?} line with its offset in stove info: {info}"))
+}
+
 /// The default model packed once, with a small context to keep tests light.
 pub fn bundle() -> &'static Path {
     static BUNDLE: OnceLock<PathBuf> = OnceLock::new();

@@ -1,6 +1,8 @@
 """Writes a tiny random-weight vision projector for the default model (SmolLM2-135M, 576-wide embeddings).
 
-    projector.py OUT.gguf [--seed N]
+    projector.py OUT.gguf [--seed N] [--width N]
+
+(`--width` makes one for another model's width, which stove must refuse for this one.)
 
 No vision model can be fetched here, so the multimodal tests use this: a Gemma 3-style projector (the kind of
 llama.cpp's own "tinygemma3" test model) with a two-block SigLIP encoder of width 64 on a 64x64 image of 16x16
@@ -24,6 +26,7 @@ IMAGE, PATCH, MERGE = 64, 16, 2
 def main():
     out = sys.argv[1]
     seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 1
+    text_width = int(sys.argv[sys.argv.index("--width") + 1]) if "--width" in sys.argv else TEXT_WIDTH
     rng = np.random.default_rng(seed)
 
     def weights(*shape, scale=None):
@@ -42,7 +45,7 @@ def main():
     writer.add_uint32("clip.vision.block_count", BLOCKS)
     writer.add_uint32("clip.vision.attention.head_count", HEADS)
     writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
-    writer.add_uint32("clip.vision.projection_dim", TEXT_WIDTH)
+    writer.add_uint32("clip.vision.projection_dim", text_width)
     writer.add_uint32("clip.vision.projector.scale_factor", MERGE)
     writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
     writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
@@ -67,7 +70,7 @@ def main():
     writer.add_tensor("v.post_ln.bias", np.zeros(WIDTH, dtype=np.float32))
     writer.add_tensor("mm.soft_emb_norm.weight", np.ones(WIDTH, dtype=np.float32))
     # Used transposed: [in, out]. Scaled so the image's tokens are about as large as the model's own embeddings.
-    writer.add_tensor("mm.input_projection.weight", weights(WIDTH, TEXT_WIDTH, scale=0.02))
+    writer.add_tensor("mm.input_projection.weight", weights(WIDTH, text_width, scale=0.02))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -94,6 +94,7 @@ function showModel() {
         ? `${r.embedding_model.name} (${r.embedding_model.dimensions} dimensions)`
         : "the chat model (passages of files are ranked by their words)",
     ],
+    ["Sees", senses(r.projector)],
     ["Loaded in", `${formatNumber(r.load_seconds, 1)} s${r.mmap ? ", mapped from the file" : ""}`],
     ["Sandbox", state.info.sandbox ? state.info.sandbox.summary : "unknown"],
     ["stove", `${state.info.stove_version} (${state.info.stove_commit})`],
@@ -102,6 +103,14 @@ function showModel() {
     ...facts.flatMap(([term, value]) => [make("dt", { text: term }), make("dd", { text: value })]),
   );
   setStatus(`ready · ${model.quantization} · ${r.parallel} at once`);
+}
+
+/** What the projector lets the model read besides text, in words. */
+function senses(projector) {
+  if (!projector) return "text only";
+  const what = [projector.vision && "pictures", projector.audio && "sound"].filter(Boolean).join(" and ");
+  const where = projector.on_gpu ? "on the GPU" : "in main memory";
+  return `${what || "nothing"} · ${projector.kind} projector, ${formatNumber(projector.bytes / 2 ** 20, 1)} MiB ${where}`;
 }
 
 /** What `--spec` runs, in words. */
