@@ -215,7 +215,11 @@ fn the_page_attaches_shows_sends_and_keeps_a_picture_for_a_model_that_sees() {
 #[test]
 fn pack_carries_the_projector_that_info_names_verify_checks_and_the_bundle_loads() {
     let out = scratch().join("sees.stove");
-    common::pack(&out, &["--mmproj", projector().to_str().unwrap(), "--", "--ctx-size", "1024"]);
+    let key = scratch().join("sees-kitchen");
+    assert!(common::run(&["keygen", "-o", key.to_str().unwrap()]).status.success());
+    let (secret, public) = (key.with_extension("key"), key.with_extension("pub"));
+    let projector_arg = projector().to_str().unwrap();
+    common::pack(&out, &["--mmproj", projector_arg, "--sign", secret.to_str().unwrap(), "--", "--ctx-size", "1024"]);
     let info = common::run(&["info", out.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(text.contains("  sees         pictures: gemma3 projector tiny-mmproj.gguf ("), "{text}");
@@ -237,10 +241,11 @@ fn pack_carries_the_projector_that_info_names_verify_checks_and_the_bundle_loads
     assert_eq!(answer(&from_bundle), answer(&greedy(&from_file, asking(&url)).1));
     drop(from_file);
 
-    // verify hashes it: intact, then one changed byte is named.
-    let verified = common::run(&["verify", out.to_str().unwrap()]);
+    // verify hashes it against the signed manifest: intact, then one changed byte is named.
+    let verified = common::run(&["verify", out.to_str().unwrap(), "--key", public.to_str().unwrap()]);
     let report = String::from_utf8_lossy(&verified.stdout);
     assert!(verified.status.success() && report.contains("projector          intact"), "{report}");
+    assert!(report.contains("valid, by the required key"), "{report}");
     common::damage(&out, common::offset_in_info(&text, "  sees         ") + 4096);
     let verified = common::run(&["verify", out.to_str().unwrap()]);
     assert!(!verified.status.success());
