@@ -127,13 +127,13 @@ pub struct ProjectorSource {
     pub sha256: Option<String>,
 }
 
-/// "pictures", "sound", "pictures and sound" (or "nothing" for a projector with neither encoder).
+/// What a projector lets the model do, in words: "sees pictures", "hears sound", "sees pictures and hears sound".
 pub fn senses(vision: bool, audio: bool) -> &'static str {
     match (vision, audio) {
-        (true, true) => "pictures and sound",
-        (true, false) => "pictures",
-        (false, true) => "sound",
-        (false, false) => "nothing",
+        (true, true) => "sees pictures and hears sound",
+        (true, false) => "sees pictures",
+        (false, true) => "hears sound",
+        (false, false) => "reads text only",
     }
 }
 

@@ -96,11 +96,11 @@ fn print_model(path: &Path, template_file: Option<&Path>, mmproj: Option<&Path>)
             None => format!("at byte {}", projector.span.offset),
         };
         println!(
-            "  sees         {}: {} projector {} ({}) {at}",
-            bundle::senses(projector.header.vision, projector.header.audio),
-            projector.header.kind,
+            "  projector    {} ({}, {}) {at}: the model {}",
             projector.file_name,
+            projector.header.kind,
             human_bytes(projector.span.len),
+            bundle::senses(projector.header.vision, projector.header.audio),
         );
     }
     println!("  name         {}", gguf.name.as_deref().unwrap_or("(none)"));

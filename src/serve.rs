@@ -135,12 +135,12 @@ pub fn run(source: &ModelSource, settings: &Settings) -> Result<()> {
                 }
                 if let Some(projector) = &runtime.projector {
                     eprintln!(
-                        "sees {}: {} projector {} ({}, {})",
-                        crate::bundle::senses(projector.vision, projector.audio),
-                        projector.kind,
+                        "projector: {} ({}, {}, {}): the model {}",
                         projector.file,
+                        projector.kind,
                         hardware::human_bytes(projector.bytes),
-                        if projector.on_gpu { "on the GPU" } else { "in main memory" }
+                        if projector.on_gpu { "on the GPU" } else { "in main memory" },
+                        crate::bundle::senses(projector.vision, projector.audio)
                     );
                 }
                 if runtime.speculation.mode == crate::engine::SpecMode::Draft {

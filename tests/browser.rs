@@ -95,6 +95,7 @@ fn a_question_streams_an_answer_that_can_be_regenerated_and_edited() {
         "1 thread",
         "all 30 layers on the CPU",
         "n-gram: up to 16 tokens guessed",
+        "none: the model reads text only",
     ] {
         assert!(facts.contains(expected), "{expected:?} missing from the model panel:\n{facts}");
     }

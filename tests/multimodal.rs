@@ -1,10 +1,13 @@
-//! Pictures through a projector (`--mmproj`), with the real default model and llama.cpp's multimodal library.
+//! Pictures and sounds through a projector (`--mmproj`, or packed), with the real default model and llama.cpp's
+//! multimodal library.
 //!
-//! No vision model can be fetched here, so the projector is tests/multimodal/projector.py's: tiny, random, of a
-//! kind llama.cpp's clip runs (Gemma 3's), projecting into the default model's 576-wide embeddings. Its answers
-//! mean nothing but are deterministic, which is what these tests check: the same picture gives the same answer,
-//! another picture another one, its tokens are counted, the cache keeps it across turns, and bad pictures are
-//! refused by part while the server keeps serving.
+//! No vision or audio model can be fetched here, so the projectors are tests/multimodal/projector.py's: tiny,
+//! random, of kinds llama.cpp's clip runs (Gemma 3's that sees, Ultravox's that hears), projecting into the
+//! default model's 576-wide embeddings. Their answers mean nothing but are deterministic, which is what these
+//! tests check: the same picture or sound gives the same answer, another one another answer, its tokens are
+//! counted, the cache keeps it across turns, bad ones are refused by part while the server keeps serving, the
+//! page attaches, shows or plays, sends and keeps them, and `pack --mmproj` carries a projector that `info`
+//! names, `verify` and a signature cover, and the bundle loads.
 
 mod common;
 
@@ -132,6 +135,17 @@ fn bad_pictures_are_refused_by_part_and_the_server_keeps_serving() {
     let (status, body) = greedy(&server, asking(&picture([30, 120, 200], 4000, 3000, ImageFormat::Png)));
     assert_eq!(status, 200, "{body}");
 
+    // Gemma 3 reads a picture with attention both ways, so the picture must fit one batch: said, with the fix.
+    let small_batches =
+        Server::start(bundle(), &["--mmproj", projector().to_str().unwrap(), "--batch-size", "2", "--parallel", "1"]);
+    let (status, body) = greedy(&small_batches, asking(&picture([200, 30, 30], 32, 32, ImageFormat::Png)));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("in one batch of at most 2: start stove with --batch-size"));
+    drop(small_batches);
+
     // A model without a projector says so, and what to do.
     let plain = Server::start(bundle(), &[]);
     let (status, body) = greedy(&plain, asking(&picture([200, 30, 30], 32, 32, ImageFormat::Png)));
@@ -222,7 +236,8 @@ fn pack_carries_the_projector_that_info_names_verify_checks_and_the_bundle_loads
     common::pack(&out, &["--mmproj", projector_arg, "--sign", secret.to_str().unwrap(), "--", "--ctx-size", "1024"]);
     let info = common::run(&["info", out.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&info.stdout);
-    assert!(text.contains("  sees         pictures: gemma3 projector tiny-mmproj.gguf ("), "{text}");
+    assert!(text.contains("  projector    tiny-mmproj.gguf (gemma3, "), "{text}");
+    assert!(text.contains(": the model sees pictures"), "{text}");
 
     // The bundle sees with no --mmproj, and answers as the projector file does.
     let url = picture([200, 30, 30], 96, 80, ImageFormat::Png);
@@ -236,7 +251,8 @@ fn pack_carries_the_projector_that_info_names_verify_checks_and_the_bundle_loads
     let (status, from_bundle) = greedy(&bundled, asking(&url));
     assert_eq!(status, 200, "{from_bundle}");
     let stderr = bundled.stop();
-    assert!(stderr.contains("sees pictures: gemma3 projector tiny-mmproj.gguf"), "{stderr}");
+    assert!(stderr.contains("projector: tiny-mmproj.gguf (gemma3, "), "{stderr}");
+    assert!(stderr.contains("in main memory): the model sees pictures"), "{stderr}");
     let from_file = Server::start(bundle(), &["--mmproj", projector().to_str().unwrap()]);
     assert_eq!(answer(&from_bundle), answer(&greedy(&from_file, asking(&url)).1));
     drop(from_file);
@@ -246,7 +262,7 @@ fn pack_carries_the_projector_that_info_names_verify_checks_and_the_bundle_loads
     let report = String::from_utf8_lossy(&verified.stdout);
     assert!(verified.status.success() && report.contains("projector          intact"), "{report}");
     assert!(report.contains("valid, by the required key"), "{report}");
-    common::damage(&out, common::offset_in_info(&text, "  sees         ") + 4096);
+    common::damage(&out, common::offset_in_info(&text, "  projector    ") + 4096);
     let verified = common::run(&["verify", out.to_str().unwrap()]);
     assert!(!verified.status.success());
     assert!(String::from_utf8_lossy(&verified.stdout).contains("projector          DAMAGED"));
@@ -271,4 +287,120 @@ fn pack_carries_the_projector_that_info_names_verify_checks_and_the_bundle_loads
         assert!(!output.status.success() && stderr.contains(expected), "{stderr}");
         assert!(!refused.exists());
     }
+}
+
+fn audio_projector() -> &'static Path {
+    static PROJECTOR: OnceLock<PathBuf> = OnceLock::new();
+    PROJECTOR.get_or_init(|| write_projector("tiny-audio-mmproj.gguf", &["--audio"]))
+}
+
+/// A WAV file (16 kHz, mono, 16-bit) of `seconds` of a sine at `hertz`.
+fn wav(hertz: f32, seconds: f32) -> Vec<u8> {
+    let rate = 16_000u32;
+    let samples: Vec<i16> = (0..(rate as f32 * seconds) as u32)
+        .map(|i| ((i as f32 * hertz * std::f32::consts::TAU / rate as f32).sin() * 12_000.0) as i16)
+        .collect();
+    let data_len = samples.len() as u32 * 2;
+    let mut out = Vec::with_capacity(44 + data_len as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    out.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
+    out
+}
+
+fn hearing(file: &[u8], format: &str) -> Value {
+    let data = base64::engine::general_purpose::STANDARD.encode(file);
+    json!([{ "role": "user", "content": [
+        { "type": "text", "text": "What is this sound?" },
+        { "type": "input_audio", "input_audio": { "data": data, "format": format } },
+    ]}])
+}
+
+#[test]
+fn sounds_are_heard_deterministically_counted_and_refused_by_part() {
+    let server = Server::start(bundle(), &["--mmproj", audio_projector().to_str().unwrap(), "--parallel", "1"]);
+    let info: Value = common::client().get(format!("{}/stove/info", server.url)).send().unwrap().json().unwrap();
+    assert_eq!(info["runtime"]["projector"]["audio"], true, "{info}");
+    assert_eq!(info["runtime"]["projector"]["vision"], false);
+    assert_eq!(info["runtime"]["projector"]["kind"], "ultravox");
+
+    let low = wav(220.0, 1.0);
+    let (status, first) = greedy(&server, hearing(&low, "wav"));
+    assert_eq!(status, 200, "{first}");
+    let (_, again) = greedy(&server, hearing(&low, "wav"));
+    assert_eq!(answer(&first), answer(&again), "the same sound, the same answer");
+    let prompt_tokens = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64(), Some(prompt_tokens - 1), "{again}");
+    let (_, other) = greedy(&server, hearing(&wav(440.0, 1.0), "wav"));
+    assert_ne!(answer(&first), answer(&other), "another sound, another answer");
+    // Whisper pads every sound to 30 s (3,000 frames); halved, stacked by 4: 375 tokens, counted in usage.
+    let (_, text_only) =
+        greedy(&server, json!([{ "role": "user", "content": [{ "type": "text", "text": "What is this sound?" }] }]));
+    let text_tokens = text_only["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(prompt_tokens - text_tokens, 375, "{prompt_tokens} with the sound, {text_tokens} without");
+
+    // Refused by part, and the server keeps serving: not a sound file, a format that is not the file's, no data,
+    // and a picture for a model that only hears.
+    let refused = |messages: Value, expected: &str| {
+        let (status, body) = greedy(&server, messages);
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{message}");
+    };
+    refused(hearing(b"not a sound at all", "wav"), "messages[0].content[1]: the sound is not one stove reads");
+    refused(hearing(&low, "mp3"), "says \"mp3\" but the file is wav");
+    refused(
+        json!([{ "role": "user", "content": [{ "type": "input_audio", "input_audio": { "format": "wav" } }] }]),
+        "input_audio.data is missing",
+    );
+    refused(asking(&picture([200, 30, 30], 32, 32, ImageFormat::Png)), "reads sound and text only");
+    let (status, _) = greedy(&server, hearing(&low, "wav"));
+    assert_eq!(status, 200);
+
+    // A model that only sees says so for a sound.
+    let sees = Server::start(bundle(), &["--mmproj", projector().to_str().unwrap()]);
+    let (status, body) = greedy(&sees, hearing(&low, "wav"));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("reads pictures and text only"), "{body}");
+}
+
+#[test]
+fn the_page_attaches_plays_sends_and_keeps_a_sound_for_a_model_that_hears() {
+    let server = Server::start(bundle(), &["--mmproj", audio_projector().to_str().unwrap()]);
+    let sound = scratch().join("tone.wav");
+    std::fs::write(&sound, wav(440.0, 1.5)).unwrap();
+    let page = page::Page::open(&server.url);
+    page.wait_ready();
+    page.choose_file("#attach-file", &sound);
+    page.wait_for("document.querySelector('#attachments .chip audio.chip-sound')?.readyState >= 1");
+    assert!(page.text("document.querySelector('#attachments .chip-facts').textContent").ends_with("0:02"));
+    page.send("What is this sound?");
+    page.wait_for("document.querySelectorAll('.message.assistant').length === 1");
+    page.wait_answered();
+    assert_eq!(page.count(".message.error"), 0);
+    let body = page.chat_requests().pop().unwrap();
+    let parts = body["messages"][0]["content"].as_array().expect("the question is sent as parts").clone();
+    assert_eq!(parts[1]["type"], "input_audio", "{parts:?}");
+    assert_eq!(parts[1]["input_audio"]["format"], "wav");
+    let sent = base64::engine::general_purpose::STANDARD.decode(parts[1]["input_audio"]["data"].as_str().unwrap());
+    assert_eq!(sent.unwrap(), std::fs::read(&sound).unwrap());
+    // Kept with the conversation: after a reload the question still plays its sound.
+    page.reload();
+    page.wait_ready();
+    page.wait_for("document.querySelector('.message.user .chips.sent audio.chip-sound')?.readyState >= 1");
+    // A picture is refused for a model that only hears.
+    page.choose_file("#attach-file", &picture_file("green.png", [30, 160, 60]));
+    page.wait_for("document.querySelector('.message.error')?.textContent.includes('green.png')");
+    assert!(page.text("document.querySelector('.message.error').textContent").contains("cannot see"));
+    page.assert_offline(&server.url);
 }

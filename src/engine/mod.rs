@@ -21,7 +21,7 @@ mod speculation;
 pub mod text;
 mod worker;
 pub use kv_cache::{CacheType, FlashAttention, KvCache};
-pub use media::Image;
+pub use media::{Image, Media, Sound};
 pub use speculation::{SpecConfig, SpecMode, DEFAULT_DRAFT_MAX, DEFAULT_NGRAM};
 pub use worker::{DEFAULT_CONTEXT, DEFAULT_PARALLEL};
 

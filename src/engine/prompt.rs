@@ -11,7 +11,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use serde_json::{json, Value};
 
-use super::media::{self, Image, MediaSpan};
+use super::media::{self, Media, MediaSpan};
 use super::{ChatPrompt, EngineError, Prompt, Request, ToolChoice};
 use crate::llama::chat::{ApplyRequest, ChatParser, ChatTemplates, TemplateInfo};
 use crate::llama::vision::Projector;
@@ -180,7 +180,7 @@ impl Prompter {
             }
         };
         let (tokens, media) = match &request.prompt {
-            Prompt::Chat(chat) if !chat.images.is_empty() => self.tokenize_with_images(&text, &chat.images)?,
+            Prompt::Chat(chat) if !chat.media.is_empty() => self.tokenize_with_media(&text, &chat.media)?,
             _ => (self.tokenize_text(&text)?, Vec::new()),
         };
         let n_vocab = self.model.n_vocab();
@@ -194,21 +194,32 @@ impl Prompter {
         Ok((Prepared { tokens, grammar, stops, keep_special, template_ms, media }, reader))
     }
 
-    /// Tokenizes a prompt with pictures, each read by the projector, and checks it fits a conversation.
-    fn tokenize_with_images(
+    /// Tokenizes a prompt with pictures or sounds, each read by the projector, and checks it fits a conversation.
+    fn tokenize_with_media(
         &self,
         text: &str,
-        images: &[Image],
+        items: &[Media],
     ) -> Result<(Vec<LlamaToken>, Vec<MediaSpan>), EngineError> {
-        let Some(projector) = self.projector.as_deref().filter(|p| p.vision) else {
-            return Err(EngineError::BadRequest(
-                "the conversation holds pictures, but this model reads text only: start it with --mmproj (the \
-                 projector made for it), or pack one in with `stove pack --mmproj`"
-                    .into(),
-            ));
+        let projector = self.projector.as_deref();
+        let (sees, hears) = (projector.is_some_and(|p| p.vision), projector.is_some_and(|p| p.audio));
+        let unread = items.iter().find(|item| match item {
+            Media::Picture(_) => !sees,
+            Media::Sound(_) => !hears,
+        });
+        let (Some(projector), None) = (projector, unread) else {
+            let what = unread.map_or("picture", Media::kind);
+            let reads = match (sees, hears) {
+                (true, _) => "pictures and text only",
+                (false, true) => "sound and text only",
+                (false, false) => "text only",
+            };
+            return Err(EngineError::BadRequest(format!(
+                "the conversation holds a {what}, but this model reads {reads}: start it with --mmproj (the \
+                 projector made for it, one that reads a {what}), or pack one in with `stove pack --mmproj`"
+            )));
         };
         let vocab = self.model.vocab();
-        let (tokens, media) = media::tokenize_with_images(text, images, projector, |piece, first| {
+        let (tokens, media) = media::tokenize_with_media(text, items, projector, |piece, first| {
             vocab.tokenize(piece.as_bytes(), first, true)
         })?;
         let prompt_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);

@@ -27,9 +27,9 @@ pub struct ChatPrompt {
     pub reasoning: Reasoning,
     /// Extra variables for the template (`enable_thinking`, `reasoning_effort`, …).
     pub template_kwargs: serde_json::Map<String, serde_json::Value>,
-    /// The pictures of the conversation, in order; each message's text holds the marker
+    /// The pictures and sounds of the conversation, in order; each message's text holds the marker
     /// (`llama::vision::marker`) where one goes.
-    pub images: Vec<super::media::Image>,
+    pub media: Vec<super::media::Media>,
 }
 
 impl ChatPrompt {
@@ -41,7 +41,7 @@ impl ChatPrompt {
             parallel_tool_calls: None,
             reasoning: Reasoning::default(),
             template_kwargs: serde_json::Map::new(),
-            images: Vec::new(),
+            media: Vec::new(),
         }
     }
 }

@@ -36,12 +36,12 @@ pub struct Generation {
     events: UnboundedSender<Event>,
     /// Prompt tokens not yet decoded.
     pending: Vec<LlamaToken>,
-    /// Pictures in `pending` (their places in the prompt), decoded by the projector when the prompt reaches
-    /// them; `picture_due` once it has.
+    /// Pictures and sounds in `pending` (their places in the prompt), decoded by the projector when the prompt reaches
+    /// them; `media_due` once it has.
     media: Vec<MediaSpan>,
-    picture_due: bool,
+    media_due: bool,
     /// Whether the prompt has pictures (decoded now or kept from an earlier turn).
-    has_pictures: bool,
+    has_media: bool,
     prompt_tokens: u32,
     cached_tokens: u32,
     sampler: LlamaSampler,
@@ -106,7 +106,7 @@ impl Slot {
         let Prepared { tokens, grammar, stops, keep_special, mut media, .. } = prepared;
         // At least the prompt's last token is decoded again: its logits give the first answer token.
         let mut keep = self.common_prefix(&tokens).min(tokens.len() - 1);
-        // A picture is decoded whole: a cache that ends inside one keeps what comes before it.
+        // A picture or sound is decoded whole: a cache that ends inside one keeps what comes before it.
         if let Some(span) = media.iter().find(|s| s.at < keep && keep < s.at + s.len) {
             keep = span.at;
         }
@@ -116,11 +116,11 @@ impl Slot {
             keep = 0;
         }
         self.cached.truncate(keep);
-        let has_pictures = !media.is_empty();
+        let has_media = !media.is_empty();
         media.retain(|span| span.at >= keep);
 
-        // Guesses come from token ids, which a picture's stand-ins are not: no speculation with pictures.
-        if let Some(speculation) = speculation.filter(|_| !has_pictures) {
+        // Guesses come from token ids, which stand-ins are not: no speculation with pictures or sounds.
+        if let Some(speculation) = speculation.filter(|_| !has_media) {
             speculation.begin(self.seq, &tokens);
         }
         let sampler = request.sampling.sampler(model.n_vocab(), grammar);
@@ -130,8 +130,8 @@ impl Slot {
             events,
             pending: tokens[keep..].to_vec(),
             media,
-            picture_due: false,
-            has_pictures,
+            media_due: false,
+            has_media,
             prompt_tokens,
             cached_tokens: keep as u32,
             sampler,
@@ -165,7 +165,7 @@ impl Slot {
     ) -> Result<(), EngineError> {
         let Some(generation) = &mut self.generation else { return Ok(()) };
         let add_error = |e: llama_cpp_2::llama_batch::BatchAddError| EngineError::Inference(e.to_string());
-        let speculation = speculation.filter(|_| !generation.has_pictures);
+        let speculation = speculation.filter(|_| !generation.has_media);
         if let Some(token) = generation.next.take() {
             // Guesses fit in the batch, in the conversation's context, and in what the answer may still take.
             let left = generation.max_tokens.saturating_sub(generation.completion_tokens + 1);
@@ -186,10 +186,10 @@ impl Slot {
             return Ok(());
         }
         let mut take = generation.pending.len().min(room);
-        // The prompt's text goes in the batch up to its next picture, which the projector decodes itself.
+        // The prompt's text goes in the batch up to its next picture or sound, which the projector decodes.
         if let Some(span) = generation.media.first() {
             if span.at == self.cached.len() {
-                generation.picture_due = true;
+                generation.media_due = true;
                 return Ok(());
             }
             take = take.min(span.at - self.cached.len());
@@ -210,22 +210,22 @@ impl Slot {
         Ok(())
     }
 
-    /// Decodes the picture this slot's prompt has reached into its sequence (the projector runs its own
+    /// Decodes the picture or sound this slot's prompt has reached into its sequence (the projector runs its own
     /// decode, beside the shared batch's).
-    pub fn decode_picture(&mut self, ctx: &mut LlamaContext, projector: &Projector) -> Result<(), EngineError> {
+    pub fn decode_media(&mut self, ctx: &mut LlamaContext, projector: &Projector) -> Result<(), EngineError> {
         let Some(generation) = &mut self.generation else { return Ok(()) };
-        if !std::mem::take(&mut generation.picture_due) {
+        if !std::mem::take(&mut generation.media_due) {
             return Ok(());
         }
         let span = generation.media.remove(0);
         let n_batch = i32::try_from(ctx.n_batch()).unwrap_or(i32::MAX);
-        projector.decode(&span.picture, ctx, self.cached.len(), self.seq, n_batch).map_err(EngineError::Inference)?;
+        projector.decode(&span.chunks, ctx, self.cached.len(), self.seq, n_batch).map_err(EngineError::Inference)?;
         self.cached.extend(generation.pending.drain(..span.len));
         Ok(())
     }
 
-    pub fn picture_due(&self) -> bool {
-        self.generation.as_ref().is_some_and(|g| g.picture_due)
+    pub fn media_due(&self) -> bool {
+        self.generation.as_ref().is_some_and(|g| g.media_due)
     }
 
     /// Forgets the previous step's place in the batch.

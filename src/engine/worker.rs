@@ -111,7 +111,8 @@ impl Worker {
         let projector = match &config.mmproj {
             Some(source) => {
                 let file = super::projector_file::open(&source.span, source.sha256.as_deref())?;
-                Some(Arc::new(Projector::load(file.path(), &model, threads, projector_on_gpu)?))
+                let batch = ctx.n_batch();
+                Some(Arc::new(Projector::load(file.path(), &model, threads, projector_on_gpu, batch)?))
             }
             None => None,
         };
@@ -320,7 +321,7 @@ impl Scheduler<'_> {
             }
             self.sync_busy_count();
             let filled = self.fill_batch();
-            self.decode_pictures();
+            self.decode_media();
             if filled == 0 {
                 continue;
             }
@@ -410,12 +411,12 @@ impl Scheduler<'_> {
         self.batch.n_tokens()
     }
 
-    /// Decodes the pictures that slots' prompts have reached (each into its slot's sequence, by the projector).
-    fn decode_pictures(&mut self) {
+    /// Decodes the pictures and sounds that slots' prompts have reached (each into its slot's sequence, by the projector).
+    fn decode_media(&mut self) {
         let Some(projector) = &self.projector else { return };
-        for slot in self.slots.iter_mut().filter(|s| s.picture_due()) {
+        for slot in self.slots.iter_mut().filter(|s| s.media_due()) {
             let started = Instant::now();
-            if let Err(error) = slot.decode_picture(&mut self.ctx, projector) {
+            if let Err(error) = slot.decode_media(&mut self.ctx, projector) {
                 slot.fail(error, &mut self.ctx);
             }
             Metrics::add(&self.metrics.decode_micros, started.elapsed().as_micros() as u64);

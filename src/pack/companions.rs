@@ -149,6 +149,7 @@ pub(super) fn check_projector_fits(projector: &ProjectorSource, model: &ModelSpa
     // Clip runs its check on a backend: the CPU's is enough, and no GPU needs waking to pack.
     crate::hardware::backends::load(crate::hardware::backends::GpuChoice::None).map_err(anyhow::Error::msg)?;
     let description = crate::llama::load_description_at(&model.path, model.offset)?;
-    crate::llama::vision::Projector::load(&projector.span.path, &description, 1, false).map_err(anyhow::Error::msg)?;
+    crate::llama::vision::Projector::load(&projector.span.path, &description, 1, false, 512)
+        .map_err(anyhow::Error::msg)?;
     Ok(())
 }

@@ -87,11 +87,11 @@ impl Assets {
     }
 }
 
-/// The browser itself keeps the page offline and contained: scripts, styles, images and connections only from
-/// stove (no CDN, no tracking pixel in a model's Markdown), no plugins, and no framing by other sites. This
-/// holds for a bundle's own page too.
+/// The browser itself keeps the page offline and contained: scripts, styles, images, sounds and connections
+/// only from stove (no CDN, no tracking pixel in a model's Markdown; attached pictures and sounds show from
+/// data: URLs), no plugins, and no framing by other sites. This holds for a bundle's own page too.
 const PAGE_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
-     connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+     media-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
      frame-ancestors 'none'";
 
 fn etag(hash: &[u8]) -> String {

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::pictures;
-use crate::engine::{ChatPrompt, Image, Reasoning, ToolChoice};
+use super::{pictures, sounds};
+use crate::engine::{ChatPrompt, Media, Reasoning, ToolChoice};
 
 /// Most messages in one chat request.
 const MAX_MESSAGES: usize = 4096;
@@ -44,12 +44,12 @@ impl ChatFields {
             )));
         }
         let mut call_ids = HashSet::new();
-        let mut images = Vec::new();
+        let mut media = Vec::new();
         let messages = self
             .messages
             .into_iter()
             .enumerate()
-            .map(|m| message(m, &mut call_ids, &mut images))
+            .map(|m| message(m, &mut call_ids, &mut media))
             .collect::<Result<_, _>>()?;
         let mut tools = self.tools.unwrap_or_default();
         if tools.len() > MAX_TOOLS {
@@ -126,17 +126,17 @@ impl ChatFields {
             parallel_tool_calls: self.parallel_tool_calls,
             reasoning,
             template_kwargs,
-            images,
+            media,
         })
     }
 }
 
 /// One message, checked and put in the plain shape llama.cpp reads: `content` as text, with a marker where
-/// each of a user message's pictures goes (the pictures themselves are added to `images`).
+/// each of a user message's pictures and sounds goes (they themselves are added to `media`).
 fn message(
     (i, message): (usize, Value),
     call_ids: &mut HashSet<String>,
-    images: &mut Vec<Image>,
+    media: &mut Vec<Media>,
 ) -> Result<Value, ApiError> {
     let bad = |what: String| ApiError::invalid(format!("messages[{i}]{what}"));
     let Value::Object(mut fields) = message else {
@@ -155,7 +155,7 @@ fn message(
     let content = match fields.remove("content") {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => Some(text),
-        Some(Value::Array(parts)) => Some(text_of_parts(i, parts, (role == "user").then_some(images))?),
+        Some(Value::Array(parts)) => Some(text_of_parts(i, parts, (role == "user").then_some(media))?),
         Some(_) => return Err(bad(".content must be a string or a list of parts".into())),
     };
     let mut out = Map::new();
@@ -210,8 +210,9 @@ fn message(
 }
 
 /// The text of a list of content parts. A user message's pictures (`image_url` parts, `input_image` in the
-/// Responses API) are decoded into `images`, each leaving a marker in the text where it goes.
-fn text_of_parts(i: usize, parts: Vec<Value>, mut images: Option<&mut Vec<Image>>) -> Result<String, ApiError> {
+/// Responses API) and sounds (`input_audio`) are read into `media`, each leaving a marker in the text where it
+/// goes.
+fn text_of_parts(i: usize, parts: Vec<Value>, mut media: Option<&mut Vec<Media>>) -> Result<String, ApiError> {
     let mut text = String::new();
     for (j, part) in parts.into_iter().enumerate() {
         let field = format!("messages[{i}].content[{j}]");
@@ -219,7 +220,7 @@ fn text_of_parts(i: usize, parts: Vec<Value>, mut images: Option<&mut Vec<Image>
         match (kind, part.get("text").and_then(Value::as_str)) {
             ("text" | "input_text" | "output_text", Some(t)) => text.push_str(t),
             ("image_url" | "input_image", _) => {
-                let Some(images) = images.as_deref_mut() else {
+                let Some(media) = media.as_deref_mut() else {
                     return Err(ApiError::invalid(format!("{field} is a picture; pictures go in user messages")));
                 };
                 // OpenAI's {"image_url": {"url": …}}, the Responses API's {"image_url": "…"}.
@@ -233,12 +234,19 @@ fn text_of_parts(i: usize, parts: Vec<Value>, mut images: Option<&mut Vec<Image>
                         "{field}.image_url.url is missing; it holds the picture as a data: URL"
                     )));
                 };
-                images.push(pictures::from_url(&field, url)?);
+                media.push(Media::Picture(pictures::from_url(&field, url)?));
+                text.push_str(crate::llama::vision::marker());
+            }
+            ("input_audio", _) => {
+                let Some(media) = media.as_deref_mut() else {
+                    return Err(ApiError::invalid(format!("{field} is a sound; sounds go in user messages")));
+                };
+                media.push(Media::Sound(sounds::from_part(&field, &part)?));
                 text.push_str(crate::llama::vision::marker());
             }
             (kind, _) => {
                 return Err(ApiError::invalid(format!(
-                    "{field} is a \"{kind}\" part; this model reads \"text\" and \"image_url\" parts"
+                    "{field} is a \"{kind}\" part; stove reads \"text\", \"image_url\" and \"input_audio\" parts"
                 )))
             }
         }

@@ -20,6 +20,7 @@ mod pictures;
 mod reply;
 mod request;
 mod responses;
+mod sounds;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};

@@ -1,8 +1,13 @@
 """Writes a tiny random-weight vision projector for the default model (SmolLM2-135M, 576-wide embeddings).
 
-    projector.py OUT.gguf [--seed N] [--width N]
+    projector.py OUT.gguf [--seed N] [--width N] [--gemma3-size | --audio]
 
-(`--width` makes one for another model's width, which stove must refuse for this one.)
+(`--width` makes one for another model's width, which stove must refuse for this one. `--gemma3-size` makes one
+of Gemma 3's real size, f16 like the published mmproj, for scripts/bench-pictures: the same work per picture as
+the real encoder, with meaningless weights. `--audio` makes one that hears instead: Ultravox's kind, a two-block
+Whisper encoder of width 64 over 80 mel bins, its frames stacked by 4 (Voxtral's factor; with Ultravox's 8 this
+llama.cpp counts 187 tokens but its graph makes 188), so 30 s of sound, which Whisper pads every sound to,
+becomes 375 tokens.)
 
 No vision model can be fetched here, so the multimodal tests use this: a Gemma 3-style projector (the kind of
 llama.cpp's own "tinygemma3" test model) with a two-block SigLIP encoder of width 64 on a 64x64 image of 16x16
@@ -21,57 +26,121 @@ from gguf import GGUFWriter
 TEXT_WIDTH = 576  # SmolLM2-135M's embedding length
 WIDTH, FFN, BLOCKS, HEADS = 64, 128, 2, 4
 IMAGE, PATCH, MERGE = 64, 16, 2
+# Gemma 3's SigLIP so400m: 896x896 pictures in 14x14 patches (64x64), pooled 4x4 into 256 tokens.
+GEMMA3 = dict(WIDTH=1152, FFN=4304, BLOCKS=27, HEADS=16, IMAGE=896, PATCH=14, MERGE=4)
 
 
 def main():
     out = sys.argv[1]
     seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 1
     text_width = int(sys.argv[sys.argv.index("--width") + 1]) if "--width" in sys.argv else TEXT_WIDTH
+    real_size = "--gemma3-size" in sys.argv
+    shape = GEMMA3 if real_size else dict(WIDTH=WIDTH, FFN=FFN, BLOCKS=BLOCKS, HEADS=HEADS, IMAGE=IMAGE, PATCH=PATCH,
+                                          MERGE=MERGE)
+    width, ffn, blocks, heads = shape["WIDTH"], shape["FFN"], shape["BLOCKS"], shape["HEADS"]
+    image, patch, merge = shape["IMAGE"], shape["PATCH"], shape["MERGE"]
     rng = np.random.default_rng(seed)
 
     def weights(*shape, scale=None):
         scale = scale if scale is not None else 1.0 / np.sqrt(shape[-1])
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
+    def matrix(*shape):
+        # The big matrices are f16 in published projectors (mmproj-model-f16.gguf).
+        return weights(*shape).astype(np.float16) if real_size else weights(*shape)
+
+    if "--audio" in sys.argv:
+        return write_audio(out, weights, text_width)
+
     writer = GGUFWriter(out, arch="clip")
     writer.add_name("stove test projector (random)")
     writer.add_string("clip.projector_type", "gemma3")
     writer.add_bool("clip.has_vision_encoder", True)
     writer.add_bool("clip.use_gelu", True)
-    writer.add_uint32("clip.vision.image_size", IMAGE)
-    writer.add_uint32("clip.vision.patch_size", PATCH)
-    writer.add_uint32("clip.vision.embedding_length", WIDTH)
-    writer.add_uint32("clip.vision.feed_forward_length", FFN)
-    writer.add_uint32("clip.vision.block_count", BLOCKS)
-    writer.add_uint32("clip.vision.attention.head_count", HEADS)
+    writer.add_uint32("clip.vision.image_size", image)
+    writer.add_uint32("clip.vision.patch_size", patch)
+    writer.add_uint32("clip.vision.embedding_length", width)
+    writer.add_uint32("clip.vision.feed_forward_length", ffn)
+    writer.add_uint32("clip.vision.block_count", blocks)
+    writer.add_uint32("clip.vision.attention.head_count", heads)
     writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
     writer.add_uint32("clip.vision.projection_dim", text_width)
-    writer.add_uint32("clip.vision.projector.scale_factor", MERGE)
+    writer.add_uint32("clip.vision.projector.scale_factor", merge)
     writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
     writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
 
-    patches = (IMAGE // PATCH) ** 2
+    patches = (image // patch) ** 2
     # numpy shapes are ggml's dimensions reversed: a conv kernel [OC, IC, KH, KW], a matrix [out, in].
-    writer.add_tensor("v.patch_embd.weight", weights(WIDTH, 3, PATCH, PATCH, scale=0.05))
-    writer.add_tensor("v.patch_embd.bias", np.zeros(WIDTH, dtype=np.float32))
-    writer.add_tensor("v.position_embd.weight", weights(patches, WIDTH, scale=0.02))
-    for i in range(BLOCKS):
+    writer.add_tensor("v.patch_embd.weight", weights(width, 3, patch, patch, scale=0.05))
+    writer.add_tensor("v.patch_embd.bias", np.zeros(width, dtype=np.float32))
+    writer.add_tensor("v.position_embd.weight", weights(patches, width, scale=0.02))
+    for i in range(blocks):
         for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            writer.add_tensor(f"v.blk.{i}.{name}.weight", weights(WIDTH, WIDTH))
-            writer.add_tensor(f"v.blk.{i}.{name}.bias", np.zeros(WIDTH, dtype=np.float32))
+            writer.add_tensor(f"v.blk.{i}.{name}.weight", matrix(width, width))
+            writer.add_tensor(f"v.blk.{i}.{name}.bias", np.zeros(width, dtype=np.float32))
         for name in ("ln1", "ln2"):
-            writer.add_tensor(f"v.blk.{i}.{name}.weight", np.ones(WIDTH, dtype=np.float32))
-            writer.add_tensor(f"v.blk.{i}.{name}.bias", np.zeros(WIDTH, dtype=np.float32))
-        writer.add_tensor(f"v.blk.{i}.ffn_up.weight", weights(FFN, WIDTH))
-        writer.add_tensor(f"v.blk.{i}.ffn_up.bias", np.zeros(FFN, dtype=np.float32))
-        writer.add_tensor(f"v.blk.{i}.ffn_down.weight", weights(WIDTH, FFN))
-        writer.add_tensor(f"v.blk.{i}.ffn_down.bias", np.zeros(WIDTH, dtype=np.float32))
-    writer.add_tensor("v.post_ln.weight", np.ones(WIDTH, dtype=np.float32))
-    writer.add_tensor("v.post_ln.bias", np.zeros(WIDTH, dtype=np.float32))
-    writer.add_tensor("mm.soft_emb_norm.weight", np.ones(WIDTH, dtype=np.float32))
+            writer.add_tensor(f"v.blk.{i}.{name}.weight", np.ones(width, dtype=np.float32))
+            writer.add_tensor(f"v.blk.{i}.{name}.bias", np.zeros(width, dtype=np.float32))
+        writer.add_tensor(f"v.blk.{i}.ffn_up.weight", matrix(ffn, width))
+        writer.add_tensor(f"v.blk.{i}.ffn_up.bias", np.zeros(ffn, dtype=np.float32))
+        writer.add_tensor(f"v.blk.{i}.ffn_down.weight", matrix(width, ffn))
+        writer.add_tensor(f"v.blk.{i}.ffn_down.bias", np.zeros(width, dtype=np.float32))
+    writer.add_tensor("v.post_ln.weight", np.ones(width, dtype=np.float32))
+    writer.add_tensor("v.post_ln.bias", np.zeros(width, dtype=np.float32))
+    writer.add_tensor("mm.soft_emb_norm.weight", np.ones(width, dtype=np.float32))
     # Used transposed: [in, out]. Scaled so the image's tokens are about as large as the model's own embeddings.
-    writer.add_tensor("mm.input_projection.weight", weights(WIDTH, text_width, scale=0.02))
+    writer.add_tensor("mm.input_projection.weight", weights(width, text_width, scale=0.02))
 
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def write_audio(out, weights, text_width):
+    """An Ultravox-style projector: Whisper's encoder (two 1-D convolutions, transformer blocks), frames stacked
+    by 4, RMS-normed, a SwiGLU projection and a linear one into the model's width (llama.cpp's
+    tools/mtmd/models/whisper-enc.cpp)."""
+    width, ffn, blocks, heads, mels, stack, positions = 64, 128, 2, 4, 80, 4, 1500
+    zeros = lambda n: np.zeros(n, dtype=np.float32)  # noqa: E731
+    ones = lambda n: np.ones(n, dtype=np.float32)  # noqa: E731
+    writer = GGUFWriter(out, arch="clip")
+    writer.add_name("stove test audio projector (random)")
+    writer.add_string("clip.projector_type", "ultravox")
+    writer.add_bool("clip.has_audio_encoder", True)
+    writer.add_uint32("clip.audio.embedding_length", width)
+    writer.add_uint32("clip.audio.feed_forward_length", ffn)
+    writer.add_uint32("clip.audio.block_count", blocks)
+    writer.add_uint32("clip.audio.attention.head_count", heads)
+    writer.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    writer.add_uint32("clip.audio.projection_dim", text_width)
+    writer.add_uint32("clip.audio.num_mel_bins", mels)
+    writer.add_uint32("clip.audio.projector.stack_factor", stack)
+    # numpy shapes are ggml's dimensions reversed: a 1-D conv kernel [OC, IC, K], a matrix [out, in].
+    writer.add_tensor("a.conv1d.1.weight", weights(width, mels, 3, scale=0.05))
+    # Biases of the convolutions are columns [1, width] (convert_hf_to_gguf.py unsqueezes them).
+    writer.add_tensor("a.conv1d.1.bias", np.zeros((width, 1), dtype=np.float32))
+    writer.add_tensor("a.conv1d.2.weight", weights(width, width, 3, scale=0.05))
+    writer.add_tensor("a.conv1d.2.bias", np.zeros((width, 1), dtype=np.float32))
+    writer.add_tensor("a.position_embd.weight", weights(positions, width, scale=0.02))
+    for i in range(blocks):
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            writer.add_tensor(f"a.blk.{i}.{name}.weight", weights(width, width))
+            if name != "attn_k":  # Whisper's keys have no bias
+                writer.add_tensor(f"a.blk.{i}.{name}.bias", zeros(width))
+        for name in ("ln1", "ln2"):
+            writer.add_tensor(f"a.blk.{i}.{name}.weight", ones(width))
+            writer.add_tensor(f"a.blk.{i}.{name}.bias", zeros(width))
+        writer.add_tensor(f"a.blk.{i}.ffn_up.weight", weights(ffn, width))
+        writer.add_tensor(f"a.blk.{i}.ffn_up.bias", zeros(ffn))
+        writer.add_tensor(f"a.blk.{i}.ffn_down.weight", weights(width, ffn))
+        writer.add_tensor(f"a.blk.{i}.ffn_down.bias", zeros(width))
+    writer.add_tensor("a.post_ln.weight", ones(width))
+    writer.add_tensor("a.post_ln.bias", zeros(width))
+    writer.add_tensor("mm.a.norm_pre.weight", ones(width * stack))
+    writer.add_tensor("mm.a.mlp.1.weight", weights(2 * width, width * stack))
+    writer.add_tensor("mm.a.norm_mid.weight", ones(width))
+    writer.add_tensor("mm.a.mlp.2.weight", weights(text_width, width, scale=0.05))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -6,7 +6,8 @@
 
 import * as api from "./api.js";
 import { extract, AttachmentError } from "./extract.js";
-import { isPicture, readPicture } from "./pictures.js";
+import { isMedia } from "./conversation.js";
+import { isPicture, isSound, readPicture, readSound } from "./media.js";
 import { $, el, state } from "./page.js";
 import { make, formatNumber, formatBytes } from "./ui.js";
 import { notify } from "./messages.js";
@@ -37,7 +38,11 @@ export async function attach(files) {
     render();
     let document;
     try {
-      document = isPicture(file) ? await readPicture(file) : await extract(file);
+      document = isPicture(file)
+        ? await readPicture(file)
+        : isSound(file)
+          ? await readSound(file)
+          : await extract(file);
     } catch (error) {
       state.pending = state.pending.filter((a) => a !== reading);
       render();
@@ -52,14 +57,13 @@ export async function attach(files) {
     if (!state.pending.includes(reading)) continue;
     const item = { ...document, tokens: null };
     state.pending[state.pending.indexOf(reading)] = item;
-    // A picture's tokens are the projector's to count, when it is sent (they show in the answer's usage).
-    item.counting =
-      item.kind === "image"
-        ? Promise.resolve()
-        : api.countTokens(item.text).then(
-            (tokens) => (item.tokens = tokens),
-            (error) => (item.failed = error.message),
-          );
+    // A picture's or sound's tokens are the projector's to count, when it is sent (they show in the answer's usage).
+    item.counting = isMedia(item)
+      ? Promise.resolve()
+      : api.countTokens(item.text).then(
+          (tokens) => (item.tokens = tokens),
+          (error) => (item.failed = error.message),
+        );
     render();
     item.counting.then(render);
   }
@@ -100,11 +104,19 @@ export function factsOf(attachment) {
   const parts = [formatBytes(attachment.size)];
   if (attachment.pages) parts.push(`${attachment.pages.length} page${attachment.pages.length === 1 ? "" : "s"}`);
   if (attachment.kind === "image") return [...parts, `${attachment.width}×${attachment.height}`].join(" · ");
+  if (attachment.kind === "audio") return [...parts, duration(attachment.seconds)].join(" · ");
   if (attachment.reading) parts.push("reading…");
   else if (attachment.failed) parts.push("not counted");
   else if (attachment.tokens == null) parts.push("counting…");
   else parts.push(`${formatNumber(attachment.tokens)} tokens`);
   return parts.join(" · ");
+}
+
+/** A sound's length as m:ss ("length unknown" when the browser could not tell). */
+function duration(seconds) {
+  if (!Number.isFinite(seconds)) return "length unknown";
+  const whole = Math.round(seconds);
+  return `${Math.floor(whole / 60)}:${String(whole % 60).padStart(2, "0")}`;
 }
 
 /** A chip for one file; `onRemove` adds a remove button. */
@@ -115,8 +127,11 @@ export function chip(attachment, onRemove = null) {
     make("span", { class: "chip-name", text: attachment.name }),
     make("span", { class: "chip-facts", text: factsOf(attachment) }),
   );
-  // A picture shows itself (a data: URL, which the page's policy allows for images).
+  // A picture shows itself and a sound plays (data: URLs, which the page's policy allows for images and media).
   if (attachment.kind === "image") item.prepend(make("img", { class: "chip-thumb", src: attachment.url, alt: "" }));
+  if (attachment.kind === "audio") {
+    item.append(make("audio", { class: "chip-sound", src: attachment.url, controls: "", preload: "metadata" }));
+  }
   if (onRemove) {
     item.append(
       make("button", {

@@ -94,7 +94,7 @@ function showModel() {
         ? `${r.embedding_model.name} (${r.embedding_model.dimensions} dimensions)`
         : "the chat model (passages of files are ranked by their words)",
     ],
-    ["Sees", senses(r.projector)],
+    ["Projector", senses(r.projector)],
     ["Loaded in", `${formatNumber(r.load_seconds, 1)} s${r.mmap ? ", mapped from the file" : ""}`],
     ["Sandbox", state.info.sandbox ? state.info.sandbox.summary : "unknown"],
     ["stove", `${state.info.stove_version} (${state.info.stove_commit})`],
@@ -105,12 +105,12 @@ function showModel() {
   setStatus(`ready · ${model.quantization} · ${r.parallel} at once`);
 }
 
-/** What the projector lets the model read besides text, in words. */
+/** What the projector lets the model do besides reading text, in words. */
 function senses(projector) {
-  if (!projector) return "text only";
-  const what = [projector.vision && "pictures", projector.audio && "sound"].filter(Boolean).join(" and ");
+  if (!projector) return "none: the model reads text only";
+  const what = [projector.vision && "sees pictures", projector.audio && "hears sound"].filter(Boolean).join(" and ");
   const where = projector.on_gpu ? "on the GPU" : "in main memory";
-  return `${what || "nothing"} · ${projector.kind} projector, ${formatNumber(projector.bytes / 2 ** 20, 1)} MiB ${where}`;
+  return `${what || "reads text only"} · ${projector.kind}, ${formatNumber(projector.bytes / 2 ** 20, 1)} MiB ${where}`;
 }
 
 /** What `--spec` runs, in words. */

@@ -8,6 +8,20 @@ export const SETTINGS = ["system_prompt", "temperature", "top_p", "top_k", "min_
 const ROLES = ["user", "assistant"];
 const FORMAT = "stove.conversation";
 
+/** Whether an attachment is a picture or a sound (sent as it is, not placed as text). */
+export function isMedia(attachment) {
+  return attachment.kind === "image" || attachment.kind === "audio";
+}
+
+/** The OpenAI content part that sends a picture (image_url) or sound (input_audio) attachment. */
+function partOf(attachment) {
+  if (attachment.kind === "audio") {
+    const data = attachment.url.slice(attachment.url.indexOf(",") + 1);
+    return { type: "input_audio", input_audio: { data, format: attachment.format } };
+  }
+  return { type: "image_url", image_url: { url: attachment.url } };
+}
+
 export function create(model) {
   const now = Date.now();
   // randomUUID exists only in secure contexts; a page opened by LAN address (stove --host) is not one.
@@ -31,14 +45,13 @@ export function titleOf(conversation) {
  */
 export function requestBody(conversation) {
   const own = conversation.settings;
-  // Attached files go before the question, as the text chosen for them when it was first sent; pictures
-  // follow it as image_url parts.
+  // Attached files go before the question, as the text chosen for them when it was first sent; pictures and
+  // sounds follow it as image_url and input_audio parts.
   const messages = conversation.messages.map(({ role, content, context, attachments }) => {
     const text = context ? `${context}\n\n${content}` : content;
-    const pictures = (attachments || []).filter((a) => a.kind === "image");
-    if (!pictures.length) return { role, content: text };
-    const parts = pictures.map((p) => ({ type: "image_url", image_url: { url: p.url } }));
-    return { role, content: [{ type: "text", text }, ...parts] };
+    const media = (attachments || []).filter(isMedia);
+    if (!media.length) return { role, content: text };
+    return { role, content: [{ type: "text", text }, ...media.map(partOf)] };
   });
   if (own.system_prompt) messages.unshift({ role: "system", content: own.system_prompt });
   const body = { messages };
@@ -100,6 +113,13 @@ function attachmentOf(a) {
     if (typeof a.name !== "string" || typeof a.url !== "string" || !a.url.startsWith("data:image/")) return null;
     const { name, url } = a;
     return { name, size: Number.isFinite(a.size) ? a.size : 0, kind: "image", url, width: a.width, height: a.height };
+  }
+  if (a?.kind === "audio") {
+    if (typeof a.name !== "string" || typeof a.url !== "string" || !a.url.startsWith("data:")) return null;
+    if (!["wav", "mp3", "flac"].includes(a.format)) return null;
+    const { name, url, format } = a;
+    const seconds = Number.isFinite(a.seconds) ? a.seconds : null;
+    return { name, size: Number.isFinite(a.size) ? a.size : 0, kind: "audio", url, format, seconds };
   }
   const pages = Array.isArray(a?.pages) && a.pages.every((p) => typeof p === "string") ? a.pages : null;
   if (typeof a?.name !== "string" || typeof a.text !== "string") return null;

@@ -198,15 +198,15 @@ async function tokensBefore(conversation) {
 async function placeDocuments(conversation, progress) {
   const message = conversation.messages.at(-1);
   if (message?.role !== "user" || message.context !== undefined) return;
-  // Pictures go to the projector as they are; only documents are placed.
-  const own = (message.attachments || []).filter((a) => a.kind !== "image");
+  // Pictures and sounds go to the projector as they are; only documents are placed.
+  const own = (message.attachments || []).filter((a) => !conv.isMedia(a));
   // Files of earlier questions that went in as passages (their names are in the sources): a follow-up may be
   // about another part of them. Passages already sent are not sent again.
   const history = conversation.messages.slice(0, -1).filter((m) => m.role === "user");
   const searchedNames = new Set(history.flatMap((m) => (m.sources || []).map((s) => s.file)));
   const searched = history
     .flatMap((m) => m.attachments || [])
-    .filter((a) => a.kind !== "image" && searchedNames.has(a.name));
+    .filter((a) => !conv.isMedia(a) && searchedNames.has(a.name));
   if (!own.length && !searched.length) return;
   const sent = new Set(history.flatMap((m) => (m.sources || []).map((s) => `${s.file}\u0000${s.part}`)));
 
