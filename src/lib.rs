@@ -14,6 +14,7 @@ mod info;
 mod launch;
 mod llama;
 mod pack;
+mod rpc;
 mod sandbox;
 mod serve;
 mod server;
