@@ -11,7 +11,6 @@ mod page;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
@@ -23,14 +22,7 @@ const PLANTED: &str = "The lighthouse keeper keeps the spare key under the blue 
 
 /// The test files, written once per run.
 fn fixtures() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = scratch().join("documents");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/documents.py");
-        let status = Command::new(python()).arg(script).arg(&dir).status().unwrap();
-        assert!(status.success(), "documents.py failed");
-        dir
-    })
+    common::generated("documents", |out| common::python_script("browser/documents.py", &[out.as_os_str()]))
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -247,9 +239,7 @@ fn files_that_cannot_be_read_are_refused_with_the_reason_and_the_draft_kept() {
 /// The default model made an embedding model: the same weights with a pooling type (the last token's state),
 /// written through the test venv's gguf package. Its vectors differ from the chat model's (a mean of states).
 fn embedding_model() -> &'static Path {
-    static MODEL: OnceLock<PathBuf> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let out = scratch().join("smol-embedder.gguf");
+    common::generated("smol-embedder.gguf", |out| {
         let script = "import sys, gguf\n\
             from gguf.scripts.gguf_new_metadata import copy_with_new_metadata, MetadataDetails\n\
             reader = gguf.GGUFReader(sys.argv[1], 'r')\n\
@@ -257,16 +247,9 @@ fn embedding_model() -> &'static Path {
             writer = gguf.GGUFWriter(sys.argv[2], arch=arch)\n\
             copy_with_new_metadata(reader, writer, {arch + '.pooling_type': MetadataDetails(gguf.GGUFValueType.UINT32, 3), \
             'general.name': MetadataDetails(gguf.GGUFValueType.STRING, 'SmolLM2 embedder')}, [])\n";
-        let status = Command::new(python())
-            .args(["-c", script])
-            .arg(common::model())
-            .arg(&out)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "writing the embedding model failed");
-        out
+        let mut command = Command::new(python());
+        command.args(["-c", script]).arg(common::model()).arg(out);
+        command
     })
 }
 

@@ -13,27 +13,24 @@ mod common;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 
 use base64::Engine as _;
 use image::{ImageFormat, Rgb, RgbImage};
 use serde_json::{json, Value};
 
-use common::{bundle, python, scratch, Server};
+use common::{bundle, scratch, Server};
 
 fn projector() -> &'static Path {
-    static PROJECTOR: OnceLock<PathBuf> = OnceLock::new();
-    PROJECTOR.get_or_init(|| write_projector("tiny-mmproj.gguf", &[]))
+    write_projector("tiny-mmproj.gguf", &[])
 }
 
-/// Runs projector.py with `args`, writing `name` in the scratch folder.
-fn write_projector(name: &str, args: &[&str]) -> PathBuf {
-    let out = scratch().join(name);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/multimodal/projector.py");
-    let status = Command::new(python()).arg(script).arg(&out).args(args).status().unwrap();
-    assert!(status.success(), "projector.py failed");
-    out
+/// projector.py's projector with `args`, written once as `name` in the scratch folder.
+fn write_projector(name: &str, args: &'static [&'static str]) -> &'static Path {
+    common::generated(name, |out| {
+        let mut command = common::python_script("multimodal/projector.py", &[out.as_os_str()]);
+        command.args(args);
+        command
+    })
 }
 
 /// A `data:` URL of a `width`×`height` picture of one colour with a diagonal line, in `format`.
@@ -270,9 +267,7 @@ fn pack_carries_the_projector_that_info_names_verify_checks_and_the_bundle_loads
     // Refused before a byte is written: a model that is not a projector, and a projector made for another width.
     let model = common::model();
     let other_width = write_projector("wide-mmproj.gguf", &["--width", "960"]);
-    for (mmproj, expected) in
-        [(model.as_path(), "is not a projector"), (other_width.as_path(), "could not load the projector")]
-    {
+    for (mmproj, expected) in [(model.as_path(), "is not a projector"), (other_width, "could not load the projector")] {
         let refused = scratch().join("refused.stove");
         let output = common::run(&[
             "pack",
@@ -290,8 +285,7 @@ fn pack_carries_the_projector_that_info_names_verify_checks_and_the_bundle_loads
 }
 
 fn audio_projector() -> &'static Path {
-    static PROJECTOR: OnceLock<PathBuf> = OnceLock::new();
-    PROJECTOR.get_or_init(|| write_projector("tiny-audio-mmproj.gguf", &["--audio"]))
+    write_projector("tiny-audio-mmproj.gguf", &["--audio"])
 }
 
 /// A WAV file (16 kHz, mono, 16-bit) of `seconds` of a sine at `hertz`.

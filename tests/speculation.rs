@@ -161,12 +161,9 @@ fn a_draft_model_keeps_greedy_answers_and_one_with_another_vocabulary_is_refused
 }
 
 /// The default model with another vocabulary: every token's text from id 100 on changed (the test venv's gguf).
-fn other_vocabulary() -> std::path::PathBuf {
-    static OTHER: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    OTHER
-        .get_or_init(|| {
-            let other = common::scratch().join("other-vocabulary.gguf");
-            let script = "import sys, gguf\n\
+fn other_vocabulary() -> &'static std::path::Path {
+    common::generated("other-vocabulary.gguf", |out| {
+        let script = "import sys, gguf\n\
         from gguf.scripts.gguf_new_metadata import copy_with_new_metadata, MetadataDetails\n\
         reader = gguf.GGUFReader(sys.argv[1], 'r')\n\
         field = reader.get_field('tokenizer.ggml.tokens')\n\
@@ -175,16 +172,10 @@ fn other_vocabulary() -> std::path::PathBuf {
         writer = gguf.GGUFWriter(sys.argv[2], arch=reader.get_field('general.architecture').contents())\n\
         copy_with_new_metadata(reader, writer, {'tokenizer.ggml.tokens': MetadataDetails(gguf.GGUFValueType.ARRAY, \
         tokens, sub_type=gguf.GGUFValueType.STRING)}, [])\n";
-            let status = std::process::Command::new(common::python())
-                .args(["-c", script, common::model().to_str().unwrap(), other.to_str().unwrap()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success(), "could not write {}", other.display());
-            other
-        })
-        .clone()
+        let mut command = std::process::Command::new(common::python());
+        command.args(["-c", script]).arg(common::model()).arg(out);
+        command
+    })
 }
 
 #[test]
@@ -215,13 +206,7 @@ fn a_bundle_carries_its_draft_model_and_verify_checks_it() {
     let verified = common::run(&["verify", packed.to_str().unwrap()]);
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
     assert!(String::from_utf8_lossy(&verified.stdout).contains("draft model        intact"));
-    let offset: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("  draft model  ")?.split(" at byte ").nth(1)?.split(':').next()?.parse().ok())
-        .expect("the draft's offset in stove info");
-    let mut bytes = std::fs::read(&packed).unwrap();
-    bytes[(offset + 4096) as usize] ^= 0xff;
-    std::fs::write(&packed, &bytes).unwrap();
+    common::damage(&packed, common::offset_in_info(&text, "  draft model  ") + 4096);
     let verified = common::run(&["verify", packed.to_str().unwrap()]);
     assert!(!verified.status.success());
     let report = String::from_utf8_lossy(&verified.stdout);

@@ -27,17 +27,6 @@ fn verify(bundle: &Path, key: Option<&Path>) -> (i32, String) {
     (status.code().unwrap(), format!("{}{}", String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr)))
 }
 
-/// Overwrites one byte of `path` at `offset`, as a failing stick or a bad copy would.
-fn flip_byte(path: &Path, offset: u64) {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
-    let mut byte = [0u8];
-    file.seek(SeekFrom::Start(offset)).unwrap();
-    file.read_exact(&mut byte).unwrap();
-    file.seek(SeekFrom::Start(offset)).unwrap();
-    file.write_all(&[byte[0] ^ 0x55]).unwrap();
-}
-
 #[test]
 fn verify_names_the_damaged_part_with_an_exit_code() {
     let (secret, public) = keygen("verify-kitchen");
@@ -72,7 +61,7 @@ fn verify_names_the_damaged_part_with_an_exit_code() {
     let damaged = scratch().join("damaged.stove");
     std::fs::copy(&signed, &damaged).unwrap();
     let model_offset = std::fs::metadata(&damaged).unwrap().len() / 2;
-    flip_byte(&damaged, model_offset);
+    common::damage(&damaged, model_offset);
     let (code, out) = verify(&damaged, Some(&public));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("model              DAMAGED"), "{out}");
@@ -81,7 +70,7 @@ fn verify_names_the_damaged_part_with_an_exit_code() {
     // One byte of the launcher's code changes.
     let patched = scratch().join("patched-engine.stove");
     std::fs::copy(&signed, &patched).unwrap();
-    flip_byte(&patched, 4096);
+    common::damage(&patched, 4096);
     let (code, out) = verify(&patched, None);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("launcher           DAMAGED"), "{out}");
@@ -91,7 +80,7 @@ fn verify_names_the_damaged_part_with_an_exit_code() {
     let module = scratch().join("damaged-module.stove");
     std::fs::copy(&signed, &module).unwrap();
     let (offset, name) = entry_offset(&module, "engine/libggml-cpu-x64.so");
-    flip_byte(&module, offset + 5000);
+    common::damage(&module, offset + 5000);
     let (code, out) = verify(&module, None);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("engine {} DAMAGED", name.trim_start_matches("engine/"))), "{out}");
@@ -136,7 +125,7 @@ fn require_signature_refuses_all_but_the_approved_signed_bundle() {
     pack(&unsigned, &[]);
     let altered = scratch().join("altered.stove");
     std::fs::copy(&signed, &altered).unwrap();
-    flip_byte(&altered, std::fs::metadata(&altered).unwrap().len() / 2);
+    common::damage(&altered, std::fs::metadata(&altered).unwrap().len() / 2);
     for (bundle, reason) in [
         (&foreign, "signed by another key"),
         (&unsigned, "is not signed"),
@@ -214,7 +203,7 @@ fn a_signed_file_carries_no_unsigned_content() {
         let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
         manifest["engine_len"].as_u64().unwrap()
     };
-    flip_byte(&gap, launcher_len + 16);
+    common::damage(&gap, launcher_len + 16);
 
     for (path, what) in [
         (&extra_entry, "archive entry payload/evil.sh"),
@@ -281,10 +270,7 @@ fn a_signed_stick_serves_the_bundle_beside_the_engine_only_while_it_is_signed_an
 
     // The bundle beside it altered: refused, naming the damage; nothing served.
     let bundle = stick.join(format!("{}.stove", model.file_stem().unwrap().to_string_lossy()));
-    let mut bytes = std::fs::read(&bundle).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x01;
-    std::fs::write(&bundle, &bytes).unwrap();
+    common::damage(&bundle, std::fs::metadata(&bundle).unwrap().len() / 2);
     let altered = ask();
     let said = String::from_utf8_lossy(&altered.stderr).into_owned();
     assert!(!altered.status.success(), "{said}");

@@ -67,6 +67,34 @@ pub fn python() -> PathBuf {
     path
 }
 
+/// A fixture file (or folder) made once per test binary in the scratch folder: `writer(out)` is the command
+/// that writes `out` (a script of the test venv's Python). Its output is shown only when it fails.
+pub fn generated(name: &str, writer: impl FnOnce(&Path) -> Command) -> &'static Path {
+    static MADE: std::sync::Mutex<Vec<(String, &'static Path)>> = std::sync::Mutex::new(Vec::new());
+    // Held while writing: two tests asking for the same fixture wait for one writer.
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = made.iter().find(|(n, _)| n == name) {
+        return path;
+    }
+    let out: &'static Path = Box::leak(scratch().join(name).into_boxed_path());
+    let output = writer(out).output().expect("run the fixture's writer");
+    assert!(
+        output.status.success(),
+        "writing the fixture {name} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    made.push((name.to_string(), out));
+    out
+}
+
+/// The test venv's Python running `script` (a path under tests/) with `args`.
+pub fn python_script(script: &str, args: &[&std::ffi::OsStr]) -> Command {
+    let mut command = Command::new(python());
+    command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(script)).args(args);
+    command
+}
+
 /// Runs `stove` with `args` and returns its output.
 pub fn run(args: &[&str]) -> Output {
     stove().args(args).stdin(Stdio::null()).output().expect("run stove")
@@ -96,11 +124,16 @@ pub fn pack(out: &Path, extra: &[&str]) {
     assert!(output.status.success(), "pack failed: {}", String::from_utf8_lossy(&output.stderr));
 }
 
-/// Flips one byte of `path` at `offset` (a part's damage, for `verify` to find).
+/// Changes one byte of `path` at `offset` in place, as a failing stick or a bad copy would (for `verify` and
+/// `--require-signature` to find).
 pub fn damage(path: &Path, offset: u64) {
-    let mut bytes = std::fs::read(path).unwrap();
-    bytes[offset as usize] ^= 0xff;
-    std::fs::write(path, &bytes).unwrap();
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    file.read_exact(&mut byte).unwrap();
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    file.write_all(&[byte[0] ^ 0x55]).unwrap();
 }
 
 /// The byte a part starts at, from `stove info`'s line for it (`  {label}… at byte N…`).
