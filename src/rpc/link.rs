@@ -459,4 +459,50 @@ mod tests {
         )
         .is_ok());
     }
+
+    #[test]
+    fn an_altered_message_ends_the_link_and_nothing_of_it_goes_through() {
+        let (main, work) = (key(1), key(2));
+        let (address, results) = worker(work.clone(), vec![main.verifying_key()], "7.0.0");
+        // A machine in the middle that passes the handshake on and flips one bit of the first data message.
+        let middle = TcpListener::bind("127.0.0.1:0").unwrap();
+        let middle_address = middle.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut from_main, _) = middle.accept().unwrap();
+            let mut to_worker = TcpStream::connect(address).unwrap();
+            let (mut back_from_worker, mut back_to_main) =
+                (to_worker.try_clone().unwrap(), from_main.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = io::copy(&mut back_from_worker, &mut back_to_main);
+                let _ = back_to_main.shutdown(std::net::Shutdown::Both);
+            });
+            let mut frames = 0;
+            while let Ok(Some(mut frame)) = read_frame(&mut from_main) {
+                frames += 1;
+                if frames == 3 {
+                    frame[0] ^= 1; // the first message after the two handshake messages this way
+                }
+                if write_frame(&mut to_worker, &frame).is_err() {
+                    break;
+                }
+            }
+        });
+        let link = connect(
+            TcpStream::connect(middle_address).unwrap(),
+            &Identity::new(&main),
+            &work.verifying_key(),
+            &versions("7.0.0"),
+        )
+        .unwrap();
+        assert!(results.recv().unwrap().is_ok());
+        let local = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(local.local_addr().unwrap()).unwrap();
+        let (plain, _) = local.accept().unwrap();
+        std::thread::spawn(move || link.pump(plain));
+        client.write_all(b"a request ggml would act on").unwrap();
+        let mut echoed = Vec::new();
+        client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let read = client.read_to_end(&mut echoed);
+        assert!(read.is_ok() && echoed.is_empty(), "the link closed and echoed nothing: {read:?} {echoed:?}");
+    }
 }
