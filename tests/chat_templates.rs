@@ -410,15 +410,7 @@ fn a_template_that_fails_to_render_is_a_400_naming_the_error() {
         String::from_utf8_lossy(&output.stderr)
     );
     let out = scratch().join("empty-template.stove");
-    let output = common::run(&[
-        "pack",
-        "--model",
-        model.to_str().unwrap(),
-        "--chat-template",
-        empty.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let output = common::pack_output(&out, &["--chat-template", empty.to_str().unwrap()]);
     assert_eq!(
         output.status.code(),
         Some(1),
@@ -459,16 +451,7 @@ fn a_bundle_carries_its_own_template_under_its_manifest() {
     let unparsable = scratch().join("unparsable-for-pack.jinja");
     std::fs::write(&unparsable, "{% for m in messages %}{{ m.content }").unwrap();
     let out = scratch().join("never.stove");
-    let model = model();
-    let refused = common::run(&[
-        "pack",
-        "--model",
-        model.to_str().unwrap(),
-        "--chat-template",
-        unparsable.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let refused = common::pack_output(&out, &["--chat-template", unparsable.to_str().unwrap()]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("llama.cpp cannot read the chat template"), "{stderr}");

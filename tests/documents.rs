@@ -346,15 +346,7 @@ fn pack_carries_an_embedding_model_that_info_lists_and_verify_checks() {
     // A chat model is no embedding model: refused, and nothing written.
     let refused = scratch().join("chat-as-embedder.stove");
     let model = common::model();
-    let output = common::run(&[
-        "pack",
-        "--model",
-        model.to_str().unwrap(),
-        "--embedding-model",
-        model.to_str().unwrap(),
-        "-o",
-        refused.to_str().unwrap(),
-    ]);
+    let output = common::pack_output(&refused, &["--embedding-model", model.to_str().unwrap()]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not an embedding model"));
     assert!(!refused.exists());

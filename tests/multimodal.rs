@@ -190,20 +190,32 @@ fn picture_file(name: &str, colour: [u8; 3]) -> PathBuf {
     path
 }
 
+/// Attaches `file` in the page, waits until its chip is `ready` (a script) and says `facts` last, asks
+/// `question`, waits for the answer, and returns the content parts the question was sent as.
+fn attach_and_ask(page: &page::Page, file: &Path, ready: &str, facts: &str, question: &str) -> Vec<Value> {
+    page.choose_file("#attach-file", file);
+    page.wait_for(ready);
+    assert!(page.text("document.querySelector('#attachments .chip-facts').textContent").ends_with(facts));
+    page.send(question);
+    page.wait_for("document.querySelectorAll('.message.assistant').length === 1");
+    page.wait_answered();
+    assert_eq!(page.count(".message.error"), 0);
+    let body = page.chat_requests().pop().unwrap();
+    body["messages"][0]["content"].as_array().expect("the question is sent as parts").clone()
+}
+
 #[test]
 fn the_page_attaches_shows_sends_and_keeps_a_picture_for_a_model_that_sees() {
     let server = Server::start(bundle(), &["--mmproj", projector().to_str().unwrap()]);
     let page = page::Page::open(&server.url);
     page.wait_ready();
-    page.choose_file("#attach-file", &picture_file("red.png", [200, 30, 30]));
-    page.wait_for("document.querySelector('#attachments .chip img.chip-thumb')?.complete === true");
-    assert!(page.text("document.querySelector('#attachments .chip-facts').textContent").ends_with("96×80"));
-    page.send("What is in this picture?");
-    page.wait_for("document.querySelectorAll('.message.assistant').length === 1");
-    page.wait_answered();
-    assert_eq!(page.count(".message.error"), 0);
-    let body = page.chat_requests().pop().unwrap();
-    let parts = body["messages"][0]["content"].as_array().expect("the question is sent as parts").clone();
+    let parts = attach_and_ask(
+        &page,
+        &picture_file("red.png", [200, 30, 30]),
+        "document.querySelector('#attachments .chip img.chip-thumb')?.complete === true",
+        "96×80",
+        "What is in this picture?",
+    );
     assert_eq!(parts[0]["text"], "What is in this picture?");
     assert!(parts[1]["image_url"]["url"].as_str().unwrap().starts_with("data:image/png;base64,"), "{parts:?}");
     // Kept with the conversation: after a reload the question still shows its picture.
@@ -269,15 +281,7 @@ fn pack_carries_the_projector_that_info_names_verify_checks_and_the_bundle_loads
     let other_width = write_projector("wide-mmproj.gguf", &["--width", "960"]);
     for (mmproj, expected) in [(model.as_path(), "is not a projector"), (other_width, "could not load the projector")] {
         let refused = scratch().join("refused.stove");
-        let output = common::run(&[
-            "pack",
-            "--model",
-            model.to_str().unwrap(),
-            "--mmproj",
-            mmproj.to_str().unwrap(),
-            "-o",
-            refused.to_str().unwrap(),
-        ]);
+        let output = common::pack_output(&refused, &["--mmproj", mmproj.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && stderr.contains(expected), "{stderr}");
         assert!(!refused.exists());
@@ -375,15 +379,13 @@ fn the_page_attaches_plays_sends_and_keeps_a_sound_for_a_model_that_hears() {
     std::fs::write(&sound, wav(440.0, 1.5)).unwrap();
     let page = page::Page::open(&server.url);
     page.wait_ready();
-    page.choose_file("#attach-file", &sound);
-    page.wait_for("document.querySelector('#attachments .chip audio.chip-sound')?.readyState >= 1");
-    assert!(page.text("document.querySelector('#attachments .chip-facts').textContent").ends_with("0:02"));
-    page.send("What is this sound?");
-    page.wait_for("document.querySelectorAll('.message.assistant').length === 1");
-    page.wait_answered();
-    assert_eq!(page.count(".message.error"), 0);
-    let body = page.chat_requests().pop().unwrap();
-    let parts = body["messages"][0]["content"].as_array().expect("the question is sent as parts").clone();
+    let parts = attach_and_ask(
+        &page,
+        &sound,
+        "document.querySelector('#attachments .chip audio.chip-sound')?.readyState >= 1",
+        "0:02",
+        "What is this sound?",
+    );
     assert_eq!(parts[1]["type"], "input_audio", "{parts:?}");
     assert_eq!(parts[1]["input_audio"]["format"], "wav");
     let sent = base64::engine::general_purpose::STANDARD.decode(parts[1]["input_audio"]["data"].as_str().unwrap());

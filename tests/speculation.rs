@@ -214,15 +214,7 @@ fn a_bundle_carries_its_draft_model_and_verify_checks_it() {
 
     // A draft with another vocabulary is refused before anything is written.
     let refused = dir.join("refused.stove");
-    let output = common::run(&[
-        "pack",
-        "--model",
-        model,
-        "--draft",
-        other_vocabulary().to_str().unwrap(),
-        "-o",
-        refused.to_str().unwrap(),
-    ]);
+    let output = common::pack_output(&refused, &["--draft", other_vocabulary().to_str().unwrap()]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("has another vocabulary than the model"), "{stderr}");

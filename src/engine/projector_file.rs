@@ -88,7 +88,7 @@ fn placed(span: &ModelSpan, sha256: Option<&str>) -> Result<ProjectorFile, Strin
     let digest = |path: &Path| -> io::Result<String> {
         let mut hasher = Sha256::new();
         io::copy(&mut File::open(path)?, &mut hasher)?;
-        Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        Ok(crate::pack::hex(&hasher.finalize()))
     };
     if digest(&path).is_ok_and(|actual| actual == sha256) {
         return Ok(ProjectorFile { path, _backing: None });

@@ -321,6 +321,23 @@ mod tests {
         Versions { stove: "0.1.0".into(), rpc: rpc.into() }
     }
 
+    /// The main instance's side of a link to the worker at `address`, with `from`'s key, expecting `worker`'s.
+    fn dial(
+        address: std::net::SocketAddr,
+        from: &SigningKey,
+        worker: &SigningKey,
+        rpc: &str,
+    ) -> Result<Link, LinkError> {
+        connect(TcpStream::connect(address).unwrap(), &Identity::new(from), &worker.verifying_key(), &versions(rpc))
+    }
+
+    /// A loopback pair standing in for ggml's client and the end of it a link pumps.
+    fn plain_pair() -> (TcpStream, TcpStream) {
+        let local = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(local.local_addr().unwrap()).unwrap();
+        (client, local.accept().unwrap().0)
+    }
+
     /// A worker on a loopback port that accepts `allowed` and echoes, through the link, what it receives; the
     /// handshake's result comes back on the returned channel.
     fn worker(
@@ -338,9 +355,7 @@ mod tests {
                     Ok(link) => {
                         let _ = sent.send(Ok(link.peer.clone()));
                         // ggml's side: an echo server on loopback.
-                        let echo = TcpListener::bind("127.0.0.1:0").unwrap();
-                        let plain = TcpStream::connect(echo.local_addr().unwrap()).unwrap();
-                        let (mut server, _) = echo.accept().unwrap();
+                        let (plain, mut server) = plain_pair();
                         std::thread::spawn(move || {
                             let mut reader = server.try_clone().unwrap();
                             let _ = io::copy(&mut reader, &mut server);
@@ -360,19 +375,11 @@ mod tests {
     fn the_right_keys_open_a_link_that_carries_bytes_both_ways() {
         let (main, work) = (key(1), key(2));
         let (address, results) = worker(work.clone(), vec![main.verifying_key()], "7.0.0");
-        let link = connect(
-            TcpStream::connect(address).unwrap(),
-            &Identity::new(&main),
-            &work.verifying_key(),
-            &versions("7.0.0"),
-        )
-        .unwrap();
+        let link = dial(address, &main, &work, "7.0.0").unwrap();
         assert_eq!(link.peer.rpc, "7.0.0");
         assert_eq!(results.recv().unwrap().unwrap().stove, "0.1.0");
         // ggml's client side on the main instance: a loopback pair whose far end the link pumps.
-        let local = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(local.local_addr().unwrap()).unwrap();
-        let (plain, _) = local.accept().unwrap();
+        let (mut client, plain) = plain_pair();
         std::thread::spawn(move || link.pump(plain));
         let message: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let mut writer = client.try_clone().unwrap();
@@ -387,22 +394,12 @@ mod tests {
     fn a_key_the_worker_was_not_given_is_refused_and_the_worker_keeps_serving() {
         let (main, stranger, work) = (key(1), key(3), key(2));
         let (address, results) = worker(work.clone(), vec![main.verifying_key()], "7.0.0");
-        let refused = connect(
-            TcpStream::connect(address).unwrap(),
-            &Identity::new(&stranger),
-            &work.verifying_key(),
-            &versions("7.0.0"),
-        );
+        let refused = dial(address, &stranger, &work, "7.0.0");
         assert!(matches!(refused, Err(LinkError::Closed(_))), "{:?}", refused.err());
         let said = results.recv().unwrap().unwrap_err();
         assert!(said.contains("is not one this worker accepts"), "{said}");
         // The right peer is served afterwards.
-        let link = connect(
-            TcpStream::connect(address).unwrap(),
-            &Identity::new(&main),
-            &work.verifying_key(),
-            &versions("7.0.0"),
-        );
+        let link = dial(address, &main, &work, "7.0.0");
         assert!(link.is_ok());
     }
 
@@ -410,21 +407,11 @@ mod tests {
     fn the_main_instance_refuses_a_worker_with_another_key_and_other_versions() {
         let (main, work, impostor) = (key(1), key(2), key(4));
         let (address, _) = worker(impostor, vec![main.verifying_key()], "7.0.0");
-        let wrong = connect(
-            TcpStream::connect(address).unwrap(),
-            &Identity::new(&main),
-            &work.verifying_key(),
-            &versions("7.0.0"),
-        );
+        let wrong = dial(address, &main, &work, "7.0.0");
         assert!(matches!(wrong, Err(LinkError::WrongWorker { .. })), "{:?}", wrong.err());
 
         let (address, results) = worker(work.clone(), vec![main.verifying_key()], "6.1.0");
-        let old = connect(
-            TcpStream::connect(address).unwrap(),
-            &Identity::new(&main),
-            &work.verifying_key(),
-            &versions("7.0.0"),
-        );
+        let old = dial(address, &main, &work, "7.0.0");
         let message = old.err().unwrap().to_string();
         assert!(message.contains("6.1.0") && message.contains("7.0.0"), "{message}");
         drop(results);
@@ -451,13 +438,7 @@ mod tests {
             write_frame(&mut replay, &[0u8; 96]).unwrap();
             assert!(results.recv().unwrap().unwrap_err().contains("does not speak stove's link"));
         }
-        assert!(connect(
-            TcpStream::connect(address).unwrap(),
-            &Identity::new(&main),
-            &work.verifying_key(),
-            &versions("7.0.0")
-        )
-        .is_ok());
+        assert!(dial(address, &main, &work, "7.0.0").is_ok());
     }
 
     #[test]
@@ -487,17 +468,9 @@ mod tests {
                 }
             }
         });
-        let link = connect(
-            TcpStream::connect(middle_address).unwrap(),
-            &Identity::new(&main),
-            &work.verifying_key(),
-            &versions("7.0.0"),
-        )
-        .unwrap();
+        let link = dial(middle_address, &main, &work, "7.0.0").unwrap();
         assert!(results.recv().unwrap().is_ok());
-        let local = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(local.local_addr().unwrap()).unwrap();
-        let (plain, _) = local.accept().unwrap();
+        let (mut client, plain) = plain_pair();
         std::thread::spawn(move || link.pump(plain));
         client.write_all(b"a request ggml would act on").unwrap();
         let mut echoed = Vec::new();

@@ -117,11 +117,16 @@ pub fn output_of_written_program(command: &mut Command) -> Output {
 
 /// Packs `model` into `out` with extra arguments; panics with stove's stderr if it fails.
 pub fn pack(out: &Path, extra: &[&str]) {
+    let output = pack_output(out, extra);
+    assert!(output.status.success(), "pack failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Packs `model` into `out` with extra arguments and returns stove's output, whether it packed or refused.
+pub fn pack_output(out: &Path, extra: &[&str]) -> Output {
     let model = model();
     let mut args = vec!["pack", "--model", model.to_str().unwrap(), "-o", out.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let output = run(&args);
-    assert!(output.status.success(), "pack failed: {}", String::from_utf8_lossy(&output.stderr));
+    run(&args)
 }
 
 /// Changes one byte of `path` at `offset` in place, as a failing stick or a bad copy would (for `verify` and

@@ -30,6 +30,14 @@ IMAGE, PATCH, MERGE = 64, 16, 2
 GEMMA3 = dict(WIDTH=1152, FFN=4304, BLOCKS=27, HEADS=16, IMAGE=896, PATCH=14, MERGE=4)
 
 
+def zeros(n):
+    return np.zeros(n, dtype=np.float32)
+
+
+def ones(n):
+    return np.ones(n, dtype=np.float32)
+
+
 def main():
     out = sys.argv[1]
     seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 1
@@ -59,12 +67,7 @@ def main():
     writer.add_bool("clip.use_gelu", True)
     writer.add_uint32("clip.vision.image_size", image)
     writer.add_uint32("clip.vision.patch_size", patch)
-    writer.add_uint32("clip.vision.embedding_length", width)
-    writer.add_uint32("clip.vision.feed_forward_length", ffn)
-    writer.add_uint32("clip.vision.block_count", blocks)
-    writer.add_uint32("clip.vision.attention.head_count", heads)
-    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
-    writer.add_uint32("clip.vision.projection_dim", text_width)
+    add_encoder_shape(writer, "vision", width, ffn, blocks, heads, 1e-6, text_width)
     writer.add_uint32("clip.vision.projector.scale_factor", merge)
     writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
     writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
@@ -74,19 +77,7 @@ def main():
     writer.add_tensor("v.patch_embd.weight", weights(width, 3, patch, patch, scale=0.05))
     writer.add_tensor("v.patch_embd.bias", np.zeros(width, dtype=np.float32))
     writer.add_tensor("v.position_embd.weight", weights(patches, width, scale=0.02))
-    for i in range(blocks):
-        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            writer.add_tensor(f"v.blk.{i}.{name}.weight", matrix(width, width))
-            writer.add_tensor(f"v.blk.{i}.{name}.bias", np.zeros(width, dtype=np.float32))
-        for name in ("ln1", "ln2"):
-            writer.add_tensor(f"v.blk.{i}.{name}.weight", np.ones(width, dtype=np.float32))
-            writer.add_tensor(f"v.blk.{i}.{name}.bias", np.zeros(width, dtype=np.float32))
-        writer.add_tensor(f"v.blk.{i}.ffn_up.weight", matrix(ffn, width))
-        writer.add_tensor(f"v.blk.{i}.ffn_up.bias", np.zeros(ffn, dtype=np.float32))
-        writer.add_tensor(f"v.blk.{i}.ffn_down.weight", matrix(width, ffn))
-        writer.add_tensor(f"v.blk.{i}.ffn_down.bias", np.zeros(width, dtype=np.float32))
-    writer.add_tensor("v.post_ln.weight", np.ones(width, dtype=np.float32))
-    writer.add_tensor("v.post_ln.bias", np.zeros(width, dtype=np.float32))
+    add_blocks(writer, "v", blocks, width, ffn, matrix, key_bias=True)
     writer.add_tensor("mm.soft_emb_norm.weight", np.ones(width, dtype=np.float32))
     # Used transposed: [in, out]. Scaled so the image's tokens are about as large as the model's own embeddings.
     writer.add_tensor("mm.input_projection.weight", weights(width, text_width, scale=0.02))
@@ -97,23 +88,45 @@ def main():
     writer.close()
 
 
+def add_encoder_shape(writer, modality, width, ffn, blocks, heads, eps, text_width):
+    """The encoder's size under clip.vision.* or clip.audio.*, as clip's loader reads it."""
+    writer.add_uint32(f"clip.{modality}.embedding_length", width)
+    writer.add_uint32(f"clip.{modality}.feed_forward_length", ffn)
+    writer.add_uint32(f"clip.{modality}.block_count", blocks)
+    writer.add_uint32(f"clip.{modality}.attention.head_count", heads)
+    writer.add_float32(f"clip.{modality}.attention.layer_norm_epsilon", eps)
+    writer.add_uint32(f"clip.{modality}.projection_dim", text_width)
+
+
+def add_blocks(writer, prefix, blocks, width, ffn, matrix, key_bias):
+    """The encoder's transformer blocks (`v.blk.N.*` or `a.blk.N.*`) and its closing norm, in the order the random
+    weights are drawn (so a seed always gives the same file). `matrix(out, in)` makes each weight matrix."""
+    for i in range(blocks):
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            writer.add_tensor(f"{prefix}.blk.{i}.{name}.weight", matrix(width, width))
+            if key_bias or name != "attn_k":
+                writer.add_tensor(f"{prefix}.blk.{i}.{name}.bias", zeros(width))
+        for name in ("ln1", "ln2"):
+            writer.add_tensor(f"{prefix}.blk.{i}.{name}.weight", ones(width))
+            writer.add_tensor(f"{prefix}.blk.{i}.{name}.bias", zeros(width))
+        writer.add_tensor(f"{prefix}.blk.{i}.ffn_up.weight", matrix(ffn, width))
+        writer.add_tensor(f"{prefix}.blk.{i}.ffn_up.bias", zeros(ffn))
+        writer.add_tensor(f"{prefix}.blk.{i}.ffn_down.weight", matrix(width, ffn))
+        writer.add_tensor(f"{prefix}.blk.{i}.ffn_down.bias", zeros(width))
+    writer.add_tensor(f"{prefix}.post_ln.weight", ones(width))
+    writer.add_tensor(f"{prefix}.post_ln.bias", zeros(width))
+
+
 def write_audio(out, weights, text_width):
     """An Ultravox-style projector: Whisper's encoder (two 1-D convolutions, transformer blocks), frames stacked
     by 4, RMS-normed, a SwiGLU projection and a linear one into the model's width (llama.cpp's
     tools/mtmd/models/whisper-enc.cpp)."""
     width, ffn, blocks, heads, mels, stack, positions = 64, 128, 2, 4, 80, 4, 1500
-    zeros = lambda n: np.zeros(n, dtype=np.float32)  # noqa: E731
-    ones = lambda n: np.ones(n, dtype=np.float32)  # noqa: E731
     writer = GGUFWriter(out, arch="clip")
     writer.add_name("stove test audio projector (random)")
     writer.add_string("clip.projector_type", "ultravox")
     writer.add_bool("clip.has_audio_encoder", True)
-    writer.add_uint32("clip.audio.embedding_length", width)
-    writer.add_uint32("clip.audio.feed_forward_length", ffn)
-    writer.add_uint32("clip.audio.block_count", blocks)
-    writer.add_uint32("clip.audio.attention.head_count", heads)
-    writer.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
-    writer.add_uint32("clip.audio.projection_dim", text_width)
+    add_encoder_shape(writer, "audio", width, ffn, blocks, heads, 1e-5, text_width)
     writer.add_uint32("clip.audio.num_mel_bins", mels)
     writer.add_uint32("clip.audio.projector.stack_factor", stack)
     # numpy shapes are ggml's dimensions reversed: a 1-D conv kernel [OC, IC, K], a matrix [out, in].
@@ -123,20 +136,8 @@ def write_audio(out, weights, text_width):
     writer.add_tensor("a.conv1d.2.weight", weights(width, width, 3, scale=0.05))
     writer.add_tensor("a.conv1d.2.bias", np.zeros((width, 1), dtype=np.float32))
     writer.add_tensor("a.position_embd.weight", weights(positions, width, scale=0.02))
-    for i in range(blocks):
-        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            writer.add_tensor(f"a.blk.{i}.{name}.weight", weights(width, width))
-            if name != "attn_k":  # Whisper's keys have no bias
-                writer.add_tensor(f"a.blk.{i}.{name}.bias", zeros(width))
-        for name in ("ln1", "ln2"):
-            writer.add_tensor(f"a.blk.{i}.{name}.weight", ones(width))
-            writer.add_tensor(f"a.blk.{i}.{name}.bias", zeros(width))
-        writer.add_tensor(f"a.blk.{i}.ffn_up.weight", weights(ffn, width))
-        writer.add_tensor(f"a.blk.{i}.ffn_up.bias", zeros(ffn))
-        writer.add_tensor(f"a.blk.{i}.ffn_down.weight", weights(width, ffn))
-        writer.add_tensor(f"a.blk.{i}.ffn_down.bias", zeros(width))
-    writer.add_tensor("a.post_ln.weight", ones(width))
-    writer.add_tensor("a.post_ln.bias", zeros(width))
+    # Whisper's keys have no bias.
+    add_blocks(writer, "a", blocks, width, ffn, weights, key_bias=False)
     writer.add_tensor("mm.a.norm_pre.weight", ones(width * stack))
     writer.add_tensor("mm.a.mlp.1.weight", weights(2 * width, width * stack))
     writer.add_tensor("mm.a.norm_mid.weight", ones(width))
