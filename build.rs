@@ -59,6 +59,7 @@ fn llama_shims() {
     println!("cargo:rerun-if-changed=src/llama/speculative_shim.cpp");
     println!("cargo:rerun-if-env-changed=STOVE_LLAMA_CPP_SOURCE");
     let source = llama_cpp_source();
+    rpc_protocol(&source);
     cc::Build::new()
         .cpp(true)
         .std("c++17")
@@ -73,6 +74,20 @@ fn llama_shims() {
         // The engine links the C++ runtime statically (.cargo/config.toml); the default would add libstdc++.so.
         .cpp_link_stdlib(None)
         .compile("stove_llama_shims");
+}
+
+/// ggml's RPC protocol version (`RPC_PROTO_{MAJOR,MINOR,PATCH}_VERSION` in ggml-rpc.h) as `STOVE_RPC_PROTOCOL`:
+/// stove's link tells it to the other side, so machines with different ones are refused with both named.
+fn rpc_protocol(source: &Path) {
+    let header = source.join("ggml/include/ggml-rpc.h");
+    let text = fs::read_to_string(&header).unwrap_or_else(|e| panic!("cannot read {}: {e}", header.display()));
+    let part = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("#define ")?.trim().strip_prefix(name)?.trim().parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("{} does not define {name}", header.display()))
+    };
+    let version = ["RPC_PROTO_MAJOR_VERSION", "RPC_PROTO_MINOR_VERSION", "RPC_PROTO_PATCH_VERSION"].map(part);
+    println!("cargo:rustc-env=STOVE_RPC_PROTOCOL={}.{}.{}", version[0], version[1], version[2]);
 }
 
 /// The llama.cpp tree vendored by the pinned llama-cpp-sys-2 (Cargo.toml), in Cargo's registry sources.

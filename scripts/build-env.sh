@@ -3,6 +3,7 @@
 #   VULKAN_SDK        headers, loader and glslc for ggml's Vulkan module (scripts/vulkan-sdk.sh)
 #   linker flags      every engine file links against glibc 2.28's symbol versions (scripts/glibc-compat.sh),
 #                     so a file built here starts on systems as old as Debian 10, RHEL 8 and Ubuntu 20.04
+#   GGML_RPC          ggml's RPC backend module, for `stove worker` and `--worker`
 #   STOVE_FEATURES    the cargo features of the engine every script builds: the Vulkan module, which loads only
 #                     where a Vulkan driver is installed, so the same file still runs everywhere else
 #   stove_build       the one way the scripts build this machine's engine (below)
@@ -24,7 +25,8 @@ if [[ "$(uname -m)" == x86_64 ]]; then
   # starts llama.cpp's build over.
   link="-B$glibc_compat -L$glibc_compat $glibc_compat/compat.o"
   export CMAKE_SHARED_LINKER_FLAGS="-static-libstdc++ -Wl,--exclude-libs,ALL -pthread $link"
-  export CMAKE_MODULE_LINKER_FLAGS="$CMAKE_SHARED_LINKER_FLAGS"
+  # Modules bind to their own definitions first: see .cargo/config.toml.
+  export CMAKE_MODULE_LINKER_FLAGS="$CMAKE_SHARED_LINKER_FLAGS -Wl,-Bsymbolic"
   # The build machine's libgcc_s.so.1 refers to newer glibc symbols; the target's own libgcc_s is what runs.
   # Added once: a shell that sources this file again (a script run from one that did) would link compat.o twice.
   case " ${RUSTFLAGS:-} " in
@@ -34,6 +36,9 @@ if [[ "$(uname -m)" == x86_64 ]]; then
   esac
 fi
 STOVE_FEATURES="vulkan"
+# ggml's RPC backend, one more loadable module (libggml-rpc.so): `stove worker` serves this machine's devices
+# with it and `--worker` adds another machine's (src/rpc/). llama-cpp-sys-2 passes GGML_* on to llama.cpp's CMake.
+export GGML_RPC=ON
 
 # Every script builds this machine's engine with this: llama-cpp-sys-2 configures llama.cpp's CMake once per
 # build folder and keeps the first flags, so llama-build-stamp starts that build over when the flags above

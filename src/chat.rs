@@ -12,6 +12,7 @@ use crate::settings::Settings;
 
 pub fn run(source: &ModelSource, settings: &Settings, args: &ChatArgs) -> Result<()> {
     crate::hardware::backends::load(settings.gpu).map_err(anyhow::Error::msg)?;
+    settings.workers.connect()?;
     for line in crate::serve::engine_notes() {
         eprintln!("{line}");
     }

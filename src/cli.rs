@@ -37,8 +37,10 @@ pub enum Command {
     Info(InfoArgs),
     /// Check a bundle against its manifest (and signature): exit 0 intact, 1 damaged, 3 unsigned, 4 bad signature
     Verify(VerifyArgs),
-    /// Make an Ed25519 key pair for signing bundles
+    /// Make an Ed25519 key pair for signing bundles and for the link between machines (--identity)
     Keygen(KeygenArgs),
+    /// Lend this machine's GPUs (or its CPU) to stove instances on other machines (--worker there)
+    Worker(WorkerArgs),
 }
 
 /// Options for serving and chatting; a bundle's default arguments may set any of them.
@@ -174,6 +176,18 @@ pub struct RunArgs {
     /// Refuse to start unless the bundle is intact and signed by this public key
     #[arg(long, global = true, value_name = "PUB")]
     pub require_signature: Option<PathBuf>,
+    /// Place layers on another machine's devices too: a `stove worker` there at HOST:PORT, whose public key
+    /// (its --identity's .pub file) must be named unless it is on this machine. Repeatable
+    #[arg(long, global = true, value_name = "HOST:PORT@KEY.pub")]
+    pub worker: Vec<crate::rpc::remote::WorkerSpec>,
+    /// Start even when a --worker cannot be reached (its layers go elsewhere)
+    #[arg(long, global = true)]
+    pub worker_optional: bool,
+    /// This machine's private key on the link between machines (a `stove keygen` .key file): the one a worker's
+    /// --allow-key names, or a worker's own [default: a key made for this run, which only a worker on this
+    /// machine accepts]
+    #[arg(long, global = true, value_name = "KEY")]
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -244,6 +258,19 @@ pub struct KeygenArgs {
     /// Writes PREFIX.key (private; keep it secret) and PREFIX.pub (give it to whoever checks bundles)
     #[arg(short, long, value_name = "PREFIX")]
     pub output: PathBuf,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct WorkerArgs {
+    /// Where main instances reach this worker; anything but loopback needs --allow-key and --identity
+    #[arg(long, default_value = "0.0.0.0:50052", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// A main instance's public key (its --identity's .pub file) that may use this machine's devices; repeatable
+    #[arg(long, value_name = "PUB")]
+    pub allow_key: Vec<PathBuf>,
+    /// Keep the weights main instances send in this folder, so the next start sends only their hashes
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -16,6 +16,8 @@ pub fn run(args: &InfoArgs, run: &crate::cli::RunArgs) -> Result<()> {
     let (gpu, template_file) = (run.gpu, run.chat_template_file.as_deref());
     let kv_cache = crate::settings::kv_cache(run)?;
     hardware::backends::load(gpu).map_err(anyhow::Error::msg)?;
+    // `--worker`: the plan below places layers on the workers' devices too, as serving would.
+    crate::rpc::remote::connect_all(&run.worker, run.identity.as_deref(), run.worker_optional)?;
     // `stove info FILE`, or the model `--model` names (as `serve` takes it), or this file.
     let path = match args.file.as_ref().or(run.model.as_ref()) {
         Some(path) => path.clone(),
@@ -172,7 +174,15 @@ fn print_machine(hw: &Hardware) {
     for device in &hw.devices {
         let memory =
             if device.memory_total > 0 { format!(", {}", human_bytes(device.memory_total)) } else { String::new() };
-        println!("  device       {} ({}: {}{memory})", device.name, device.backend, device.description);
+        match &device.worker {
+            Some(worker) => println!(
+                "  device       {} (worker {worker}: {} free of {})",
+                device.name,
+                human_bytes(device.memory_free),
+                human_bytes(device.memory_total)
+            ),
+            None => println!("  device       {} ({}: {}{memory})", device.name, device.backend, device.description),
+        }
     }
 }
 

@@ -100,6 +100,10 @@ fn main() -> u8 {
             Err(e) => Err(e),
         },
         Some(Command::Keygen(ref keygen_args)) => signing::run(keygen_args),
+        Some(Command::Worker(ref worker_args)) => {
+            engine::set_logging(cli.run.verbose);
+            rpc::worker::run(worker_args, &cli.run)
+        }
         _ => serve::model_source(&cli.run, !matches!(cli.command, Some(Command::Chat(_)))).and_then(
             |(source, defaults)| {
                 // A bundle's default arguments go before the user's, so the user's win.

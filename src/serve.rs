@@ -86,6 +86,7 @@ fn model_beside(exe: &Path, run: &RunArgs, serving: bool) -> Result<ModelSource>
 
 pub fn run(source: &ModelSource, settings: &Settings) -> Result<()> {
     hardware::backends::load(settings.gpu).map_err(anyhow::Error::msg)?;
+    settings.workers.connect()?;
     for line in engine_notes() {
         eprintln!("{line}");
     }
@@ -124,7 +125,9 @@ pub fn run(source: &ModelSource, settings: &Settings) -> Result<()> {
                     runtime.threads,
                     runtime.cpu_variant.as_deref().unwrap_or("built in")
                 );
-                if let Some(gpu) = runtime.gpus.first() {
+                if !crate::rpc::remote::workers().is_empty() {
+                    eprintln!("with workers: {}", runtime.offload.describe());
+                } else if let Some(gpu) = runtime.gpus.first() {
                     eprintln!("GPU: {} ({}): {}", gpu.description, gpu.backend, runtime.offload.describe());
                 }
                 if let Some(embedding) = &runtime.embedding_model {

@@ -31,6 +31,25 @@ pub struct Settings {
     /// `--browser`, `--no-browser`, or neither (then: open one when double-clicked).
     pub browser: Option<bool>,
     pub verbose: bool,
+    /// Other machines lending their devices (`--worker`, `rpc/remote.rs`), how to reach them, and whether the
+    /// start goes on without one that cannot be reached.
+    pub workers: Workers,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Workers {
+    pub specs: Vec<crate::rpc::remote::WorkerSpec>,
+    /// `--identity`: this machine's key on the link.
+    pub identity: Option<std::path::PathBuf>,
+    pub optional: bool,
+}
+
+impl Workers {
+    /// Dials the workers and adds their devices (see `rpc::remote::connect_all`); after the backends load and
+    /// before the sandbox.
+    pub fn connect(&self) -> Result<()> {
+        crate::rpc::remote::connect_all(&self.specs, self.identity.as_deref(), self.optional)
+    }
 }
 
 impl Settings {
@@ -81,6 +100,11 @@ impl Settings {
             sandbox: !run.no_sandbox,
             browser: (run.browser || run.no_browser).then_some(run.browser),
             verbose: run.verbose,
+            workers: Workers {
+                specs: run.worker.clone(),
+                identity: run.identity.clone(),
+                optional: run.worker_optional,
+            },
         })
     }
 }

@@ -159,6 +159,8 @@ pub enum LoadState {
     // Boxed: the runtime is large, and the state is cloned for every request.
     Ready(Box<Runtime>),
     Failed(String),
+    /// Loaded, but it cannot be used any more: a worker holding part of it was lost (`rpc/remote.rs`).
+    Unusable(String),
 }
 
 /// What waits in the worker's queue.
@@ -271,8 +273,14 @@ impl Engine {
         &self.shared.metrics
     }
 
+    /// The load state; a loaded model is unusable from the moment a worker holding part of it is lost, even
+    /// before the scheduler's next step sees it.
     pub fn state(&self) -> LoadState {
-        self.shared.status.state.lock().expect("state lock").clone()
+        let state = self.shared.status.state.lock().expect("state lock").clone();
+        match (state, crate::rpc::remote::lost()) {
+            (LoadState::Ready(_), Some(why)) => LoadState::Unusable(why),
+            (state, _) => state,
+        }
     }
 
     /// Blocks until the model is loaded (or failed).
@@ -282,6 +290,7 @@ impl Engine {
             match &*state {
                 LoadState::Ready(runtime) => return Ok(Runtime::clone(runtime)),
                 LoadState::Failed(message) => return Err(EngineError::LoadFailed(message.clone())),
+                LoadState::Unusable(message) => return Err(EngineError::Unusable(message.clone())),
                 LoadState::Loading { .. } => state = self.shared.status.changed.wait(state).expect("state lock"),
             }
         }
@@ -350,6 +359,7 @@ impl Engine {
         match self.state() {
             LoadState::Loading { permille } => Err(EngineError::Loading { permille }),
             LoadState::Failed(message) => Err(EngineError::LoadFailed(message)),
+            LoadState::Unusable(message) => Err(EngineError::Unusable(message)),
             LoadState::Ready(_) => self.shared.prompter.get().ok_or(EngineError::Loading { permille: 999 }),
         }
     }

@@ -182,4 +182,6 @@ pub enum EngineError {
     TooMuchToEmbed { tokens: u64, budget: u64 },
     #[error("inference failed: {0}")]
     Inference(String),
+    #[error("the model cannot be used any more: {0}; restart the worker, then this stove")]
+    Unusable(String),
 }

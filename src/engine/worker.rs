@@ -45,13 +45,15 @@ pub(super) struct Worker {
 
 impl Worker {
     pub fn run(self, queue: Receiver<Work>) {
-        if let Err(message) = self.serve(queue) {
-            self.status.set(LoadState::Failed(message));
+        match self.serve(queue) {
+            Ok(Ended::Closed) => {}
+            Ok(Ended::Unusable(message)) => self.status.set(LoadState::Unusable(message)),
+            Err(message) => self.status.set(LoadState::Failed(message)),
         }
     }
 
     /// Loads the model and serves jobs until every sender is gone. Errors are load failures, for the state.
-    fn serve(&self, queue: Receiver<Work>) -> Result<(), String> {
+    fn serve(&self, queue: Receiver<Work>) -> Result<Ended, String> {
         let (span, config) = (&self.span, &self.config);
         let started = Instant::now();
         let backend = init_backend()?;
@@ -100,8 +102,11 @@ impl Worker {
         let slot_context = ctx.n_ctx() / parallel;
         let custom = config.chat_template.as_ref().map(|(source, origin)| (source.as_str(), *origin));
         let template = Template::load(&model, custom)?;
-        // The models beside the model go where it went: all on the GPUs when it fits there, else the CPU.
-        let beside_gpu_layers = if offload.layers > 0 && offload.layers >= offload.total_layers { -1 } else { 0 };
+        // The models beside the model go where it went: all on the GPUs when it fits there, else the CPU. With
+        // workers, on this machine: an embedding goes straight to the client, and only the model's own output
+        // is checked against a lost worker before anyone sees it.
+        let on_gpus = offload.layers > 0 && offload.layers >= offload.total_layers;
+        let beside_gpu_layers = if on_gpus && crate::rpc::remote::workers().is_empty() { -1 } else { 0 };
         let embedder = match &config.embedding_model {
             Some(span) => Some(load_embedder(&backend, span, config.use_mmap, beside_gpu_layers)?),
             None => None,
@@ -201,9 +206,16 @@ impl Worker {
             projector,
             step: 0,
         };
-        scheduler.run(&queue);
-        Ok(())
+        Ok(scheduler.run(&queue))
     }
+}
+
+/// Why the scheduler stopped.
+enum Ended {
+    /// Every sender is gone: the engine was dropped.
+    Closed,
+    /// A worker holding part of the model was lost (`rpc/remote.rs`); the answers in flight were ended.
+    Unusable(String),
 }
 
 /// A context of `parallel` sequences of `context_size` tokens, with the run's threads and KV cache.
@@ -306,11 +318,11 @@ struct Scheduler<'m> {
 }
 
 impl Scheduler<'_> {
-    fn run(&mut self, queue: &Receiver<Work>) {
+    fn run(&mut self, queue: &Receiver<Work>) -> Ended {
         loop {
             self.step += 1;
             if !self.admit(queue) {
-                return;
+                return Ended::Closed;
             }
             // A piece of embedding work per step, so neither kind of request waits for the other to finish.
             self.embedding.step(self.metrics);
@@ -323,6 +335,9 @@ impl Scheduler<'_> {
             let filled = self.fill_batch();
             self.decode_media();
             if filled == 0 {
+                if let Some(why) = crate::rpc::remote::lost() {
+                    return self.end_all(why);
+                }
                 continue;
             }
             let started = Instant::now();
@@ -330,6 +345,14 @@ impl Scheduler<'_> {
             Metrics::add(&self.metrics.decode_calls, 1);
             Metrics::add(&self.metrics.decode_tokens, self.batch.n_tokens() as u64);
             Metrics::add(&self.metrics.decode_micros, started.elapsed().as_micros() as u64);
+            // A lost worker's part of the step was answered with stand-ins: nothing of it may reach anyone. The
+            // decode finishes (and the logits arrive) only at a synchronize, so that comes first.
+            if !crate::rpc::remote::workers().is_empty() {
+                self.ctx.synchronize();
+                if let Some(why) = crate::rpc::remote::lost() {
+                    return self.end_all(why);
+                }
+            }
             if let Err(e) = decoded {
                 for slot in self.slots.iter_mut().filter(|s| s.in_batch()) {
                     slot.fail(EngineError::Inference(e.to_string()), &mut self.ctx);
@@ -346,6 +369,15 @@ impl Scheduler<'_> {
             }
             self.sync_busy_count();
         }
+    }
+
+    /// Ends every answer in flight, and every request still queued, with `why`: the model cannot be used any
+    /// more. (Embedding requests in progress end when their replies are dropped with the scheduler.)
+    fn end_all(&mut self, why: String) -> Ended {
+        for slot in self.slots.iter_mut().filter(|s| s.is_busy()) {
+            slot.fail(EngineError::Unusable(why.clone()), &mut self.ctx);
+        }
+        Ended::Unusable(why)
     }
 
     /// Moves waiting requests into free slots (and embedding requests into their queue). Blocks while nothing

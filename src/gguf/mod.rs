@@ -56,6 +56,10 @@ pub struct ModelLayout {
     pub other_bytes: u64,
     /// Per token and layer, the KV cache's bytes at 16 bits a value (keys and values of every KV head).
     pub kv_bytes_per_token_layer: u64,
+    /// The token embedding's shape: numbers per token between layers, and tokens in the vocabulary (what
+    /// crosses between machines per token: `hardware::offload`'s link estimate).
+    pub width: u64,
+    pub vocabulary: u64,
 }
 
 impl ModelLayout {
@@ -173,6 +177,9 @@ pub fn read_info<R: Read + Seek>(file: R, offset: u64, len: u64) -> Result<GgufI
     for tensor in &tensors {
         let bytes = tensor.check(alignment, data_len)?;
         layout.add_tensor(&tensor.name, bytes, tensors.len());
+        if tensor.name == "token_embd.weight" {
+            (layout.width, layout.vocabulary) = (tensor.dims[0], tensor.dims[1]);
+        }
     }
 
     let text = |key: &str| match values.get(key) {

@@ -68,7 +68,7 @@ pub struct ModuleState {
 impl Backends {
     /// The GPU modules that could not be used, with the reason: one line each for the person starting stove.
     pub fn unused_gpu_modules(&self) -> impl Iterator<Item = &ModuleState> {
-        self.modules.iter().filter(|m| !m.name.starts_with("cpu") && !m.loaded)
+        self.modules.iter().filter(|m| !m.name.starts_with("cpu") && m.name != RPC_MODULE && !m.loaded)
     }
 }
 
@@ -125,6 +125,16 @@ fn load_modules<'a>(modules: impl Iterator<Item = &'a PlacedFile>, gpu: GpuChoic
     let mut gpu_modules = Vec::new();
     for module in modules {
         let name = short_name(&module.name);
+        if name == RPC_MODULE {
+            // ggml's RPC backend has no devices of its own until `--worker` adds a worker's (`rpc/`), and
+            // `stove worker` serves with it; so it is always loaded, and never counts as a GPU.
+            let state = match modules::register(&module.path) {
+                Ok(_) => ModuleState { name, loaded: true, score: None, reason: None },
+                Err(reason) => ModuleState { name, loaded: false, score: None, reason: Some(reason) },
+            };
+            backends.modules.push(state);
+            continue;
+        }
         if !is_cpu_variant(&module.name) {
             gpu_modules.push((name, module.path.as_path()));
             continue;
@@ -201,6 +211,15 @@ fn release_unused(files: &[PlacedFile], backends: &Backends) {
     }
 }
 
+/// The short name of ggml's RPC backend module (`libggml-rpc.so`), which lends and borrows devices between
+/// machines (`rpc/`): neither a CPU variant nor a GPU backend.
+pub const RPC_MODULE: &str = "rpc";
+
+/// Whether an engine module file is ggml's RPC backend (`libggml-rpc.so`, `ggml-rpc.dll`).
+pub fn is_rpc_module(file_name: &str) -> bool {
+    short_name(file_name) == RPC_MODULE
+}
+
 /// Whether an engine module file is one of ggml's CPU variants (`libggml-cpu-haswell.so`, `ggml-cpu-haswell.dll`)
 /// rather than a GPU backend (`libggml-vulkan.so`, `libggml-cuda.so`).
 pub fn is_cpu_variant(file_name: &str) -> bool {
@@ -233,5 +252,6 @@ mod tests {
         assert_eq!(short_name("ggml-cpu-haswell.dll"), "cpu-haswell");
         assert_eq!(short_name("libggml-cpu-x64.dll"), "cpu-x64");
         assert!(is_cpu_variant("ggml-cpu-haswell.dll") && !is_cpu_variant("ggml-vulkan.dll"));
+        assert!(is_rpc_module("libggml-rpc.so") && is_rpc_module("ggml-rpc.dll") && !is_rpc_module("libggml-cuda.so"));
     }
 }

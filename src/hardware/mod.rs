@@ -26,6 +26,8 @@ pub struct Device {
     pub kind: DeviceKind,
     pub memory_total: u64,
     pub memory_free: u64,
+    /// The worker (`--worker HOST:PORT`) whose device this is, for another machine's.
+    pub worker: Option<String>,
 }
 
 /// What kind of device llama.cpp says it is; `/stove/info` shows it as `cpu`, `gpu`, `igpu` or `accelerator`.
@@ -78,6 +80,11 @@ pub fn devices() -> Vec<Device> {
                 Type::IntegratedGpu => DeviceKind::Igpu,
                 _ => DeviceKind::Accelerator,
             },
+            // ggml describes a worker's device by its endpoint, the loopback port its link listens on.
+            worker: crate::rpc::remote::workers()
+                .iter()
+                .find(|w| w.endpoint == d.description)
+                .map(|w| w.address.clone()),
             name: d.name,
             description: d.description,
             backend: d.backend,

@@ -25,6 +25,25 @@ pub struct OffloadPlan {
     pub reason: String,
     /// When not all layers fit: the largest `--ctx-size` (per conversation) at which they would.
     pub full_offload_context: Option<u64>,
+    /// Where the offloaded layers go when there are several devices, in llama.cpp's order and by its default
+    /// split (each device's share of their free memory, workers first); empty with one device or none.
+    pub split: Vec<Share>,
+    /// With workers (`--worker`): what crosses the links per generated token, by this plan: the numbers passed
+    /// between layers wherever the next layer is on another machine, and the logits when a worker holds the
+    /// output layer. ggml's own commands come on top (a few KiB).
+    pub link_bytes_per_token: Option<u64>,
+}
+
+/// One device's part of the offloaded layers.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Share {
+    /// ggml's name for it (`Vulkan0`, `RPC1`).
+    pub device: String,
+    /// The worker it belongs to (`HOST:PORT`), when it is another machine's.
+    pub worker: Option<String>,
+    pub layers: u32,
+    /// Whether it holds the output layer too.
+    pub output: bool,
 }
 
 impl OffloadPlan {
@@ -38,8 +57,9 @@ impl OffloadPlan {
     }
 
     pub fn describe(&self) -> String {
+        let on = if self.link_bytes_per_token.is_some() { "on the GPUs and workers" } else { "on the GPU" };
         let mut text = format!(
-            "{} of {} layers on the GPU ({}): {} there, {} in main memory",
+            "{} of {} layers {on} ({}): {} there, {} in main memory",
             self.layers,
             self.total_layers,
             self.reason,
@@ -49,8 +69,92 @@ impl OffloadPlan {
         if let Some(context) = self.full_offload_context {
             text.push_str(&format!("; all would fit with --ctx-size {context}"));
         }
+        if !self.split.is_empty() {
+            let shares: Vec<String> = self
+                .split
+                .iter()
+                .map(|share| {
+                    let place = share.worker.as_ref().map_or(String::new(), |w| format!(" on worker {w}"));
+                    let output = if share.output { " and the output" } else { "" };
+                    format!("{}{place} {}{output}", share.device, share.layers)
+                })
+                .collect();
+            text.push_str(&format!("; split: {}", shares.join(", ")));
+        }
+        if let Some(bytes) = self.link_bytes_per_token {
+            text.push_str(&format!("; about {} a token over the links", human_bytes(bytes)));
+        }
         text
     }
+}
+
+/// llama.cpp's default split of `layers` offloaded layers (the last ones, and the output layer too when all
+/// are) over `devices`: each device takes the layers whose position falls in its share of the free memory
+/// (`llama_model::load_tensors`). Returns, per layer and then for the output layer, the device's index or
+/// `None` for main memory.
+fn placement(devices: &[&Device], layers: u32, total_layers: u32) -> Vec<Option<usize>> {
+    let free: Vec<f64> = devices.iter().map(|d| d.memory_free as f64).collect();
+    let sum: f64 = free.iter().sum();
+    let bounds: Vec<f64> = free
+        .iter()
+        .scan(0.0, |acc, f| {
+            *acc += f;
+            Some(*acc / sum.max(1.0))
+        })
+        .collect();
+    // With every layer offloaded, llama.cpp counts the output layer as one more.
+    let offloaded = if layers >= total_layers { total_layers + 1 } else { layers };
+    let start = total_layers + 1 - offloaded;
+    (0..=total_layers)
+        .map(|layer| {
+            (layer >= start && !devices.is_empty()).then(|| {
+                let position = f64::from(layer - start) / f64::from(offloaded);
+                bounds.iter().position(|&b| b > position).unwrap_or(devices.len() - 1)
+            })
+        })
+        .collect()
+}
+
+/// The shares of [`OffloadPlan::split`] and the link estimate, for `layers` offloaded onto `gpus`.
+fn split(layout: &ModelLayout, gpus: &[Device], layers: u32) -> (Vec<Share>, Option<u64>) {
+    let total_layers = layout.layer_bytes.len() as u32;
+    // llama.cpp puts other machines' devices first, to keep the traffic between machines low.
+    let mut devices: Vec<&Device> = gpus.iter().filter(|d| d.is_gpu()).collect();
+    devices.sort_by_key(|d| d.worker.is_none());
+    if layers == 0 || devices.len() < 2 && devices.iter().all(|d| d.worker.is_none()) {
+        return (Vec::new(), None);
+    }
+    let places = placement(&devices, layers, total_layers);
+    let mut shares: Vec<Share> = devices
+        .iter()
+        .map(|d| Share { device: d.name.clone(), worker: d.worker.clone(), layers: 0, output: false })
+        .collect();
+    for (layer, place) in places.iter().enumerate() {
+        if let Some(i) = place {
+            if layer < total_layers as usize {
+                shares[*i].layers += 1;
+            } else {
+                shares[*i].output = true;
+            }
+        }
+    }
+    shares.retain(|s| s.layers > 0 || s.output);
+    let remote = |place: Option<usize>| place.is_some_and(|i| devices[i].worker.is_some());
+    // The token's numbers start in main memory (the input layer stays there), pass each layer, and the
+    // logits end in main memory.
+    let mut link = 0;
+    let mut here: Option<usize> = None;
+    for &place in &places {
+        if place != here && (remote(place) || remote(here)) {
+            link += layout.width * 4;
+        }
+        here = place;
+    }
+    if remote(here) {
+        link += layout.vocabulary * 4;
+    }
+    let any_worker = devices.iter().any(|d| d.worker.is_some());
+    (shares, any_worker.then_some(link))
 }
 
 /// Plans the offload of `layout` onto `gpus` for a KV cache of `conversations` × `context` tokens.
@@ -80,7 +184,10 @@ pub fn plan(
     let on_gpu = |layers: u32| if layers > 0 { cost(layers) + projector } else { 0 };
     let result = |layers: u32, reason: String, full_offload_context: Option<u64>| {
         let gpu_bytes = if layers > 0 { on_gpu(layers) + reserve } else { 0 };
+        let (split, link_bytes_per_token) = split(layout, gpus, layers);
         OffloadPlan {
+            split,
+            link_bytes_per_token,
             layers,
             total_layers,
             gpu_free,
@@ -127,12 +234,40 @@ mod tests {
             kind: crate::hardware::DeviceKind::Gpu,
             memory_total: free,
             memory_free: free,
+            worker: None,
         }
+    }
+
+    fn worker(name: &str, free: u64) -> Device {
+        Device { name: name.into(), backend: "RPC".into(), worker: Some(format!("{name}:50052")), ..gpu(free) }
+    }
+
+    #[test]
+    fn workers_split_the_layers_by_free_memory_as_llama_cpp_does() {
+        // Two workers with room for everything, the second with twice the memory: 11 places (10 layers and the
+        // output) at positions 0, 1/11, …; the first takes those below a third.
+        let plan = plan(&layout(), &[worker("a", 4096 * MIB), worker("b", 8192 * MIB)], 1, 4096, None, 0);
+        assert_eq!(plan.layers, 10);
+        let shares: Vec<(u32, bool)> = plan.split.iter().map(|s| (s.layers, s.output)).collect();
+        assert_eq!(shares, [(4, false), (6, true)], "{plan:?}");
+        // In from main memory, across from a to b, and the logits back.
+        assert_eq!(plan.link_bytes_per_token, Some(2 * 1024 * 4 + 32000 * 4));
+        assert!(plan.describe().contains("split: a on worker a:50052 4, b on worker b:50052 6 and the output"));
+        // A local GPU comes after the workers; one GPU alone has no split.
+        let mixed = super::plan(&layout(), &[gpu(4096 * MIB), worker("a", 4096 * MIB)], 1, 4096, None, 0);
+        assert_eq!(mixed.split[0].worker.as_deref(), Some("a:50052"));
+        assert!(super::plan(&layout(), &[gpu(4096 * MIB)], 1, 4096, None, 0).split.is_empty());
     }
 
     /// 10 layers of 100 MiB, 50 MiB of embeddings and head, 1 KiB of KV cache per token and layer.
     fn layout() -> ModelLayout {
-        ModelLayout { layer_bytes: vec![100 * MIB; 10], other_bytes: 50 * MIB, kv_bytes_per_token_layer: 1024 }
+        ModelLayout {
+            layer_bytes: vec![100 * MIB; 10],
+            other_bytes: 50 * MIB,
+            kv_bytes_per_token_layer: 1024,
+            width: 1024,
+            vocabulary: 32000,
+        }
     }
 
     #[test]

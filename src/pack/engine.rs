@@ -25,11 +25,13 @@ pub struct SourceFile {
 }
 
 impl SourceFile {
-    /// A GPU backend (`libggml-vulkan.so`, `libggml-cuda.so`: a module that is not one of the CPU variants), or a
-    /// library only such a backend needs (CUDA's runtime and cuBLAS).
+    /// A GPU backend (`libggml-vulkan.so`, `libggml-cuda.so`: a module that is neither one of the CPU variants
+    /// nor the RPC backend, which CPU-only workers use too), or a library only such a backend needs (CUDA's
+    /// runtime and cuBLAS).
     pub fn is_for_gpu_only(&self) -> bool {
+        use crate::hardware::backends::{is_cpu_variant, is_rpc_module};
         match self.kind {
-            FileKind::Module => !crate::hardware::backends::is_cpu_variant(&self.name),
+            FileKind::Module => !is_cpu_variant(&self.name) && !is_rpc_module(&self.name),
             FileKind::GpuRuntime => true,
             FileKind::Library | FileKind::Engine => false,
         }
@@ -204,6 +206,7 @@ mod tests {
         assert!(file("libggml-cuda.so", FileKind::Module).is_for_gpu_only());
         assert!(file("libcublasLt.so.13", FileKind::GpuRuntime).is_for_gpu_only());
         assert!(!file("libggml-cpu-haswell.so", FileKind::Module).is_for_gpu_only());
+        assert!(!file("libggml-rpc.so", FileKind::Module).is_for_gpu_only());
         assert!(!file("libggml-base.so.0", FileKind::Library).is_for_gpu_only());
         assert!(!file("libstove.so", FileKind::Engine).is_for_gpu_only());
     }

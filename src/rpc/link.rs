@@ -58,6 +58,8 @@ pub enum LinkError {
     KeyNotAllowed(String),
     #[error("it is not the worker named: its key is {found}, not {expected}")]
     WrongWorker { expected: String, found: String },
+    #[error("it is busy: {0}")]
+    Busy(String),
     #[error(
         "it runs ggml RPC protocol {theirs_rpc} (stove {theirs_stove}) and this stove runs {ours_rpc} (stove \
          {ours_stove}); use the same stove version on both machines"
@@ -98,54 +100,68 @@ pub struct Link {
     in_nonce: u64,
     /// The peer's versions, as it sent them.
     pub peer: Versions,
+    /// The peer's X25519 key, as it proved it.
+    key: Vec<u8>,
 }
 
-/// The worker's first sealed message: the handshake is over and its key was accepted. Without it the caller
-/// could not tell a refusal (the worker closes) from a link that is simply quiet.
+/// The worker's first sealed message: the handshake is over, its key was accepted and ggml's server is the
+/// caller's. Without it the caller could not tell a refusal (the worker closes) from a link that is simply
+/// quiet. A worker that serves another instance sends [`BUSY`] and why instead.
 const READY: &[u8] = b"ready";
+const BUSY: &[u8] = b"busy: ";
 
-/// The worker's side: the handshake with whoever connected, who must hold one of `allowed`.
-pub fn accept(
-    stream: TcpStream,
-    identity: &Identity,
-    allowed: &[VerifyingKey],
-    ours: &Versions,
-) -> Result<Link, LinkError> {
+/// Which keys a side accepts from its peer: the ones it was given, or any (only ever on loopback, where the
+/// link still encrypts but the peer is this machine).
+#[derive(Debug, Clone, Copy)]
+pub enum Accepted<'a> {
+    Keys(&'a [VerifyingKey]),
+    Any,
+}
+
+impl Accepted<'_> {
+    fn accepts(&self, key: &[u8]) -> bool {
+        match self {
+            Accepted::Keys(keys) => keys.iter().any(|k| x25519(k)[..] == key[..]),
+            Accepted::Any => true,
+        }
+    }
+
+    fn known(&self) -> &[VerifyingKey] {
+        match self {
+            Accepted::Keys(keys) => keys,
+            Accepted::Any => &[],
+        }
+    }
+}
+
+/// The worker's side: the handshake with whoever connected, who must hold a key `allowed` accepts. The
+/// caller then either [`Link::admit`]s it or [`Link::turn_away`]s it.
+pub fn accept(stream: TcpStream, identity: &Identity, allowed: Accepted, ours: &Versions) -> Result<Link, LinkError> {
     let mut noise = builder(identity)?.build_responder().map_err(noise_error)?;
     let mut stream = handshake_timing(stream)?;
     read_handshake(&mut stream, &mut noise)?;
     write_handshake(&mut stream, &mut noise, Some(ours))?;
     let peer = read_handshake(&mut stream, &mut noise)?;
     let key = noise.get_remote_static().unwrap_or_default().to_vec();
-    if !allowed.iter().any(|k| x25519(k)[..] == key[..]) {
-        return Err(LinkError::KeyNotAllowed(shown(&key, allowed)));
+    if !allowed.accepts(&key) {
+        return Err(LinkError::KeyNotAllowed(shown(&key, allowed.known())));
     }
     let mut link = finish(stream, noise, peer, ours)?;
-    let mut sealed = vec![0u8; READY.len() + TAG];
-    let len = link.transport.write_message(0, READY, &mut sealed).map_err(noise_error)?;
-    write_frame(&mut link.stream, &sealed[..len])?;
-    link.out_nonce = 1;
+    link.key = key;
     Ok(link)
 }
 
-/// The main instance's side: the handshake with a worker, which must hold `expected`.
-pub fn connect(
-    stream: TcpStream,
-    identity: &Identity,
-    expected: &VerifyingKey,
-    ours: &Versions,
-) -> Result<Link, LinkError> {
+/// The main instance's side: the handshake with a worker, whose key `expected` must accept.
+pub fn connect(stream: TcpStream, identity: &Identity, expected: Accepted, ours: &Versions) -> Result<Link, LinkError> {
     let mut noise = builder(identity)?.build_initiator().map_err(noise_error)?;
     let mut stream = handshake_timing(stream)?;
     write_handshake(&mut stream, &mut noise, None)?;
     let peer = read_handshake(&mut stream, &mut noise)?;
     let key = noise.get_remote_static().unwrap_or_default().to_vec();
     // Checked before this side proves its own key: an impostor learns nothing of who called.
-    if key[..] != x25519(expected)[..] {
-        return Err(LinkError::WrongWorker {
-            expected: crate::signing::fingerprint(expected),
-            found: shown(&key, &[]),
-        });
+    if !expected.accepts(&key) {
+        let expected = expected.known().iter().map(crate::signing::fingerprint).collect::<Vec<_>>().join(" or ");
+        return Err(LinkError::WrongWorker { expected, found: shown(&key, &[]) });
     }
     // The last message goes even when the versions differ, so the worker can say why too.
     write_handshake(&mut stream, &mut noise, Some(ours))?;
@@ -155,11 +171,15 @@ pub fn connect(
     let frame = read_frame(&mut link.stream).map_err(timed)?.ok_or(LinkError::Closed(refused))?;
     let mut opened = vec![0u8; frame.len()];
     let len = link.transport.read_message(0, &frame, &mut opened).map_err(noise_error)?;
+    if let Some(why) = opened[..len].strip_prefix(BUSY) {
+        return Err(LinkError::Busy(String::from_utf8_lossy(why).into_owned()));
+    }
     if &opened[..len] != READY {
         return Err(LinkError::NotALink("its first message is not the worker's ready".into()));
     }
     link.stream.set_read_timeout(None)?;
     link.in_nonce = 1;
+    link.key = key;
     Ok(link)
 }
 
@@ -188,7 +208,7 @@ fn finish(stream: TcpStream, noise: HandshakeState, peer: Versions, ours: &Versi
     stream.set_read_timeout(None)?;
     stream.set_write_timeout(None)?;
     let transport = noise.into_stateless_transport_mode().map_err(noise_error)?;
-    Ok(Link { stream, transport: Arc::new(transport), out_nonce: 0, in_nonce: 0, peer })
+    Ok(Link { stream, transport: Arc::new(transport), out_nonce: 0, in_nonce: 0, peer, key: Vec::new() })
 }
 
 fn check_versions(ours: &Versions, theirs: &Versions) -> Result<(), LinkError> {
@@ -261,50 +281,152 @@ fn read_frame(stream: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
 }
 
 impl Link {
-    /// Carries bytes both ways between `plain` (ggml's side: its RPC server on the worker, its client on the
-    /// main instance) and the peer, encrypting one way and decrypting the other, until either side closes.
-    /// A message that does not decrypt (altered, replayed, out of order) ends the link: nothing of it reaches
-    /// `plain`.
-    pub fn pump(self, plain: TcpStream) -> io::Result<()> {
+    /// The worker's side: tells the caller ggml's server is its now (see [`READY`]).
+    pub fn admit(&mut self) -> io::Result<()> {
+        self.send_first(READY)
+    }
+
+    /// The worker's side: tells the caller why it is not served, and closes.
+    pub fn turn_away(mut self, why: &str) -> io::Result<()> {
+        self.send_first(&[BUSY, why.as_bytes()].concat())?;
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        Ok(())
+    }
+
+    fn send_first(&mut self, message: &[u8]) -> io::Result<()> {
+        let mut sealed = vec![0u8; message.len() + TAG];
+        let len = self.transport.write_message(0, message, &mut sealed).map_err(io::Error::other)?;
+        write_frame(&mut self.stream, &sealed[..len])?;
+        self.out_nonce = 1;
+        Ok(())
+    }
+
+    /// The peer's key as people compare them, where it is one of `known`.
+    pub fn peer_key(&self, known: &[VerifyingKey]) -> String {
+        shown(&self.key, known)
+    }
+
+    /// The link's two directions, to use from two threads.
+    pub fn split(self) -> io::Result<(Sender, Receiver)> {
         let Link { stream, transport, out_nonce, in_nonce, .. } = self;
+        stream.set_nodelay(true)?;
+        let sender = Sender {
+            stream: stream.try_clone()?,
+            transport: Arc::clone(&transport),
+            nonce: out_nonce,
+            pending: Vec::with_capacity(MAX_MESSAGE - TAG),
+            sealed: vec![0u8; MAX_MESSAGE + 2],
+        };
+        let receiver = Receiver { stream, transport, nonce: in_nonce, opened: vec![0u8; MAX_MESSAGE] };
+        Ok((sender, receiver))
+    }
+
+    /// Carries bytes both ways between `plain` (ggml's RPC server, on the worker) and the peer, encrypting one
+    /// way and decrypting the other, until either side closes. A message that does not decrypt (altered,
+    /// replayed, out of order) ends the link: nothing of it reaches `plain`.
+    pub fn pump(self, plain: TcpStream) -> io::Result<()> {
         plain.set_nodelay(true)?;
-        let (mut plain_in, mut link_out) = (plain.try_clone()?, stream.try_clone()?);
-        let sealing = Arc::clone(&transport);
-        let (closing_plain, closing_link) = (plain.try_clone()?, stream.try_clone()?);
+        let (mut sender, mut receiver) = self.split()?;
+        let mut plain_in = plain.try_clone()?;
         let outgoing = std::thread::Builder::new().name("stove-link-out".into()).spawn(move || {
             let mut buffer = vec![0u8; MAX_MESSAGE - TAG];
-            let mut sealed = vec![0u8; MAX_MESSAGE];
-            let mut nonce = out_nonce;
             let result = (|| -> io::Result<()> {
                 loop {
                     let n = plain_in.read(&mut buffer)?;
                     if n == 0 {
                         return Ok(());
                     }
-                    let len = sealing.write_message(nonce, &buffer[..n], &mut sealed).map_err(io::Error::other)?;
-                    nonce += 1;
-                    write_frame(&mut link_out, &sealed[..len])?;
+                    sender.write(&buffer[..n])?;
+                    sender.flush()?;
                 }
             })();
-            let _ = closing_link.shutdown(std::net::Shutdown::Both);
+            sender.close();
             result
         })?;
-        let (mut link_in, mut plain_out) = (stream, plain);
-        let mut opened = vec![0u8; MAX_MESSAGE];
-        let mut nonce = in_nonce;
+        let mut plain_out = plain;
         let incoming = (|| -> io::Result<()> {
-            while let Some(frame) = read_frame(&mut link_in)? {
-                let len = transport
-                    .read_message(nonce, &frame, &mut opened)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a link message did not decrypt"))?;
-                nonce += 1;
-                plain_out.write_all(&opened[..len])?;
+            while let Some(bytes) = receiver.recv()? {
+                plain_out.write_all(bytes)?;
             }
             Ok(())
         })();
-        let _ = closing_plain.shutdown(std::net::Shutdown::Both);
+        let _ = plain_out.shutdown(std::net::Shutdown::Both);
+        receiver.close();
         let outgoing = outgoing.join().unwrap_or_else(|_| Err(io::Error::other("the link's sending thread panicked")));
         incoming.and(outgoing)
+    }
+}
+
+/// The sending direction of a link: bytes written are sealed into messages of up to 64 KiB, sent when one is
+/// full and more come, or at `flush`.
+pub struct Sender {
+    stream: TcpStream,
+    transport: Arc<StatelessTransportState>,
+    nonce: u64,
+    pending: Vec<u8>,
+    /// One frame on the wire: its length, then the sealed message (written in one call, so one packet).
+    sealed: Vec<u8>,
+}
+
+impl Sender {
+    pub fn write(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            // A full message goes when more bytes come, never as the last byte is written: the caller's
+            // `flush` sends the end of what it wrote, after whatever it must do first.
+            if self.pending.len() == MAX_MESSAGE - TAG {
+                self.flush()?;
+            }
+            let n = (MAX_MESSAGE - TAG - self.pending.len()).min(bytes.len());
+            self.pending.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Sends what was written and not yet sent.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let len =
+            self.transport.write_message(self.nonce, &self.pending, &mut self.sealed[2..]).map_err(io::Error::other)?;
+        self.nonce += 1;
+        self.sealed[..2].copy_from_slice(&(len as u16).to_be_bytes());
+        self.stream.write_all(&self.sealed[..2 + len])?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Ends the connection both ways (the receiving half sees the end too).
+    pub fn close(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// The receiving direction of a link.
+pub struct Receiver {
+    stream: TcpStream,
+    transport: Arc<StatelessTransportState>,
+    nonce: u64,
+    opened: Vec<u8>,
+}
+
+impl Receiver {
+    /// The next message's bytes, or `None` when the peer closed the connection between messages. A message
+    /// that does not decrypt is an error (`InvalidData`): the caller must end the link.
+    pub fn recv(&mut self) -> io::Result<Option<&[u8]>> {
+        let Some(frame) = read_frame(&mut self.stream)? else { return Ok(None) };
+        let len = self
+            .transport
+            .read_message(self.nonce, &frame, &mut self.opened)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a link message did not decrypt"))?;
+        self.nonce += 1;
+        Ok(Some(&self.opened[..len]))
+    }
+
+    /// Ends the connection both ways.
+    pub fn close(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -328,7 +450,8 @@ mod tests {
         worker: &SigningKey,
         rpc: &str,
     ) -> Result<Link, LinkError> {
-        connect(TcpStream::connect(address).unwrap(), &Identity::new(from), &worker.verifying_key(), &versions(rpc))
+        let expected = [worker.verifying_key()];
+        connect(TcpStream::connect(address).unwrap(), &Identity::new(from), Accepted::Keys(&expected), &versions(rpc))
     }
 
     /// A loopback pair standing in for ggml's client and the end of it a link pumps.
@@ -351,8 +474,9 @@ mod tests {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let identity = Identity::new(&worker_key);
-                match accept(stream.unwrap(), &identity, &allowed, &versions(rpc)) {
-                    Ok(link) => {
+                match accept(stream.unwrap(), &identity, Accepted::Keys(&allowed), &versions(rpc)) {
+                    Ok(mut link) => {
+                        link.admit().unwrap();
                         let _ = sent.send(Ok(link.peer.clone()));
                         // ggml's side: an echo server on loopback.
                         let (plain, mut server) = plain_pair();

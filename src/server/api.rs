@@ -31,6 +31,12 @@ pub fn health(state: &AppState) -> Response<Body> {
             body["status"] = json!("failed");
             json_response(StatusCode::INTERNAL_SERVER_ERROR, &body)
         }
+        LoadState::Unusable(message) => {
+            let mut body = ApiError::from(EngineError::Unusable(message)).body();
+            body["status"] = json!("unusable");
+            body["workers"] = json!(crate::rpc::remote::status());
+            json_response(StatusCode::SERVICE_UNAVAILABLE, &body)
+        }
     }
 }
 
@@ -68,6 +74,7 @@ pub fn info(state: &AppState) -> Response<Body> {
         &json!({
             "model": state.engine.info(),
             "runtime": runtime,
+            "workers": crate::rpc::remote::status(),
             "chat_template": state.engine.template().map(|t| json!({
                 "origin": t.origin,
                 "supports_thinking": t.info.supports_thinking,
@@ -206,6 +213,19 @@ pub fn metrics(state: &AppState) -> Response<Body> {
     let _ = writeln!(out, "# TYPE stove_http_responses_total counter");
     for (i, counter) in state.http.by_class.iter().enumerate() {
         let _ = writeln!(out, "stove_http_responses_total{{class=\"{}xx\"}} {}", i + 1, counter.load(Relaxed));
+    }
+    let workers = crate::rpc::remote::status();
+    type Value = fn(&crate::rpc::remote::WorkerStatus) -> u64;
+    let worker_table: [(&str, &str, &str, Value); 3] = [
+        ("worker_up", "gauge", "1 while a --worker's link is up, 0 once it is lost.", |w| u64::from(w.error.is_none())),
+        ("worker_sent_bytes_total", "counter", "ggml's bytes sent to a worker over the link.", |w| w.bytes_sent),
+        ("worker_received_bytes_total", "counter", "ggml's bytes received from a worker.", |w| w.bytes_received),
+    ];
+    for (name, kind, help, value) in worker_table.iter().filter(|_| !workers.is_empty()) {
+        let _ = writeln!(out, "# HELP stove_{name} {help}\n# TYPE stove_{name} {kind}");
+        for worker in &workers {
+            let _ = writeln!(out, "stove_{name}{{worker=\"{}\"}} {}", worker.address, value(worker));
+        }
     }
     Response::builder()
         .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")

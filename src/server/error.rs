@@ -44,7 +44,7 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         let (status, kind, code) = match &error {
-            EngineError::Loading { .. } | EngineError::Busy { .. } => {
+            EngineError::Loading { .. } | EngineError::Busy { .. } | EngineError::Unusable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", None)
             }
             EngineError::PromptTooLong { .. } => {

@@ -189,10 +189,23 @@ impl Server {
     }
 
     fn spawn_on(program: &Path, port: u16, args: &[&str]) -> Server {
+        Server::launch(Server::command(program, port, args))
+    }
+
+    fn command(program: &Path, port: u16, args: &[&str]) -> Command {
         let mut command = Command::new(program);
         // One thread each: several test servers share two cores, and llama.cpp's spinning threads would fight.
         command.args(args).args(["--port", &port.to_string(), "--no-browser", "--threads", "1"]);
-        Server::launch(command)
+        command
+    }
+
+    /// As [`Server::start`], with standard error written to `log` rather than a pipe: a `--verbose` server
+    /// writes more than a pipe holds while nobody reads it.
+    pub fn start_logged(program: &Path, args: &[&str], log: &Path) -> Server {
+        let log = std::fs::File::create(log).expect("create the log");
+        let server = Server::launch_with(Server::command(program, 0, args), Stdio::from(log));
+        server.wait_healthy();
+        server
     }
 
     pub fn port(&self) -> u16 {
@@ -218,9 +231,13 @@ impl Server {
     }
 
     /// Runs `command` (stdout and stderr piped) and returns once it has printed its URL.
-    pub fn launch(mut command: Command) -> Server {
+    pub fn launch(command: Command) -> Server {
+        Server::launch_with(command, Stdio::piped())
+    }
+
+    fn launch_with(mut command: Command, stderr: Stdio) -> Server {
         let mut child =
-            command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start stove");
+            command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr).spawn().expect("start stove");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read stove's first line");
         let Some(url) = line.trim().split(" at ").nth(1).map(|u| u.trim_end_matches('/').to_string()) else {
@@ -235,7 +252,9 @@ impl Server {
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();
         let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+        }
         stderr
     }
 

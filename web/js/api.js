@@ -43,6 +43,8 @@ export async function health() {
     const body = await response.json();
     if (response.ok) return { ready: true };
     if (body.status === "failed") return { ready: false, error: body.error?.message || "the model failed to load" };
+    // A --worker holding part of the model was lost: stove is up, but cannot answer until restarted.
+    if (body.status === "unusable") return { ready: false, error: body.error?.message || "the model cannot be used" };
     return { ready: false, progress: body.progress || 0 };
   } catch {
     return null;

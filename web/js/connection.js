@@ -53,9 +53,19 @@ export async function reconnect() {
   toast("Connected to stove again.");
 }
 
-// Notices a stopped stove while the page sits idle, so the person learns before typing.
+// Notices a stopped stove, or a model that cannot be used any more (a lost worker), while the page sits idle,
+// so the person learns before typing.
 setInterval(async () => {
-  if (state.ready && !state.generation && !state.reconnecting && !(await api.health())) reconnect();
+  if (!state.ready || state.generation || state.reconnecting) return;
+  const health = await api.health();
+  if (!health) return reconnect();
+  if (health.error) {
+    state.ready = false;
+    updateComposer();
+    state.info = await api.info().catch(() => state.info);
+    showModel();
+    setStatus(health.error, true);
+  }
 }, 5000);
 
 function showModel() {
@@ -95,6 +105,7 @@ function showModel() {
         : "the chat model (passages of files are ranked by their words)",
     ],
     ["Projector", senses(r.projector)],
+    ...(state.info.workers?.length ? [["Workers", workers(state.info.workers, r.offload)]] : []),
     ["Loaded in", `${formatNumber(r.load_seconds, 1)} s${r.mmap ? ", mapped from the file" : ""}`],
     ["Sandbox", state.info.sandbox ? state.info.sandbox.summary : "unknown"],
     ["stove", `${state.info.stove_version} (${state.info.stove_commit})`],
@@ -111,6 +122,19 @@ function senses(projector) {
   const what = [projector.vision && "sees pictures", projector.audio && "hears sound"].filter(Boolean).join(" and ");
   const where = projector.on_gpu ? "on the GPU" : "in main memory";
   return `${what || "reads text only"} · ${projector.kind}, ${formatNumber(projector.bytes / 2 ** 20, 1)} MiB ${where}`;
+}
+
+/** The machines lending their devices (`--worker`), what each holds, and whether it is still there. */
+function workers(list, offload) {
+  return list
+    .map((w) => {
+      const shares = (offload?.split || []).filter((s) => s.worker === w.address);
+      const layers = shares.reduce((sum, s) => sum + s.layers, 0);
+      const output = shares.some((s) => s.output) ? " and the output" : "";
+      const state = w.state === "lost" ? `lost: ${w.error}` : "connected";
+      return `${w.address} · ${layers} layers${output} · ${state}`;
+    })
+    .join("; ");
 }
 
 /** What `--spec` runs, in words. */
