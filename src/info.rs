@@ -167,6 +167,9 @@ fn print_machine(hw: &Hardware) {
     }
     for module in backends.modules.iter().filter(|m| !m.name.starts_with("cpu")) {
         match &module.reason {
+            None if module.name == hardware::backends::RPC_MODULE => {
+                println!("  {:<12} loaded: lends and borrows devices (stove worker, --worker)", module.name)
+            }
             None => println!("  {:<12} loaded", module.name),
             Some(reason) => println!("  {:<12} not used: {reason}", module.name),
         }
@@ -193,6 +196,8 @@ fn print_capacity(hw: &Hardware, model: Option<&Model>, kv_cache: &KvCache) {
     let gpu_free: u64 = gpus.iter().map(|d| d.memory_free).sum();
     let available = hw.memory_available.unwrap_or(0);
     let bandwidth = capacity::memory_bandwidth(hw.physical_cores);
+    // Workers' devices (`--worker`) count as GPUs in the plan; the words say which.
+    let gpus_word = if gpus.iter().any(|d| d.worker.is_some()) { "the GPUs and workers" } else { "the GPU" };
     if let Some(Model { gguf, size, projector }) = model {
         let context = gguf.context_length.map_or(u64::from(DEFAULT_CONTEXT), |c| c.min(u64::from(DEFAULT_CONTEXT)));
         let layout = gguf.layout.with_kv_ratio(kv_cache.size_ratio());
@@ -204,9 +209,9 @@ fn print_capacity(hw: &Hardware, model: Option<&Model>, kv_cache: &KvCache) {
         let needed =
             layout.weight_bytes().max(*size) + layout.kv_bytes(u64::from(DEFAULT_PARALLEL) * context) + projector;
         let verdict = match capacity::fit(needed, *size, gpu_free, available, bandwidth) {
-            Fit::Gpu => "a good fit: it runs entirely on the GPU".to_string(),
+            Fit::Gpu => format!("a good fit: it runs entirely on {gpus_word}"),
             Fit::Memory { tokens_per_second } if plan.layers > 0 => format!(
-                "partly on the GPU; in main memory alone about {tokens_per_second:.0} tokens/s for one conversation"
+                "partly on {gpus_word}; in main memory alone about {tokens_per_second:.0} tokens/s for one conversation"
             ),
             Fit::Memory { tokens_per_second } => format!(
                 "a good fit for main memory ({} of {} available): about {tokens_per_second:.0} tokens/s for one conversation",
@@ -228,7 +233,11 @@ fn print_capacity(hw: &Hardware, model: Option<&Model>, kv_cache: &KvCache) {
         capacity::CONTEXT,
         human_bytes(available),
         bandwidth / 1e9,
-        if gpus.is_empty() { String::new() } else { format!(", GPUs {} free", human_bytes(gpu_free)) }
+        match gpus_word {
+            _ if gpus.is_empty() => String::new(),
+            "the GPU" => format!(", GPUs {} free", human_bytes(gpu_free)),
+            _ => format!(", GPUs and workers {} free", human_bytes(gpu_free)),
+        }
     );
     print!("  {:<6}", "size");
     for (name, _) in capacity::QUANTIZATIONS {

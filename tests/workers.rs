@@ -153,6 +153,15 @@ fn two_workers_take_every_layer_and_answer_as_this_machine_does() {
     let offload = &info["runtime"]["offload"];
     assert_eq!(offload["layers"], offload["total_layers"], "every layer placed on the workers: {offload}");
 
+    // A worker serves one instance at a time: another is turned away and told why.
+    let mut second = Command::new(common::engine());
+    second.args(["--model", model, "--worker", &workers[0], "--identity", main_key.to_str().unwrap()]);
+    let output = second.args(["--port", "0", "--no-browser"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("it is busy: this worker serves another stove instance"), "{said}");
+    assert!(one.wait_for("turned").contains("away: serving"));
+
     // llama.cpp's own log: it uses both workers' devices, places the layers as the plan said, and offloads
     // every one.
     drop(server);
@@ -260,6 +269,29 @@ fn recorded_first_message(worker: &Worker, spec: &str, model: &str, key: &Path) 
     let _ = main.wait();
     worker.wait_for("refused");
     first
+}
+
+#[test]
+fn an_unreachable_worker_stops_the_start_unless_it_is_optional() {
+    let model = common::model();
+    let model = model.to_str().unwrap();
+    // A port nothing listens on.
+    let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut command = Command::new(common::engine());
+    command.args(["--model", model, "--worker", &address, "--port", "0", "--no-browser"]);
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains(&format!("worker {address}: cannot connect")) && said.contains("--worker-optional"),
+        "{said}"
+    );
+
+    let server = Server::start(&common::engine(), &["--model", model, "--worker", &address, "--worker-optional"]);
+    assert!(!greedy(&server, "Say hello.").is_empty());
+    assert_eq!(info(&server)["workers"].as_array().unwrap().len(), 0);
+    let said = server.stop();
+    assert!(said.contains(&format!("worker {address}: not used (--worker-optional)")), "{said}");
 }
 
 #[test]
