@@ -3,6 +3,8 @@
 //! are separate processes that talk only through their TCP ports, as they would across a network.
 
 mod common;
+#[path = "browser/page.rs"]
+mod page;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -317,6 +319,13 @@ fn a_worker_killed_mid_answer_ends_it_with_an_error_and_the_server_stays_up() {
     let prompt = "Say something about the sea.";
     let expected = greedy(&server, prompt);
     let first_transfer = info(&server)["workers"][0]["bytes_sent"].as_u64().unwrap();
+    // The page's model panel shows the worker, what it holds, and that it is there.
+    let page = page::Page::open(&server.url);
+    page.wait_ready();
+    page.click("#toggle-panel");
+    let facts = page.text("document.getElementById('model-facts').innerText");
+    let address = worker.address.clone();
+    assert!(facts.contains(&format!("{address} · 30 layers and the output · connected")), "{facts}");
 
     // A long streamed answer; the worker dies after its first piece.
     let response = client()
@@ -346,10 +355,14 @@ fn a_worker_killed_mid_answer_ends_it_with_an_error_and_the_server_stays_up() {
     assert_eq!(health["workers"][0]["state"], "lost", "{health}");
     let (status, body) = server.chat(json!({"messages": [{"role": "user", "content": "Hello"}]}));
     assert_eq!(status, 503, "{body}");
-    assert!(server
-        .metrics()
-        .lines()
-        .any(|l| l == format!("stove_worker_up{{worker=\"{}\"}} 0", spec[0].split('@').next().unwrap())));
+    let down = format!("stove_worker_up{{worker=\"{address}\"}} 0");
+    assert!(server.metrics().lines().any(|l| l == down), "{down}");
+    // The page notices while it sits idle: it says why, takes no question, and shows the worker lost.
+    page.wait_for("document.getElementById('status').textContent.includes('cannot be used any more')");
+    page.wait_for("document.getElementById('prompt').disabled || document.getElementById('send').disabled");
+    let facts = page.text("document.getElementById('model-facts').innerText");
+    assert!(facts.contains(&format!("{address} · 30 layers and the output · lost: worker")), "{facts}");
+    drop(page);
     drop(server);
 
     // Worker and main instance restarted: the same answer, and the weights ggml cached are not sent again.

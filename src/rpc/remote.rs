@@ -192,7 +192,10 @@ fn connect(spec: &WorkerSpec, identity: &Arc<Identity>) -> Result<Arc<Remote>> {
                 Some(link) => Ok(link),
                 None => dial(address, &identity, expected.as_ref()).map_err(|e| format!("{e:#}")),
             };
-            carry(ggml, link, &carrying);
+            // Each connection in a thread of its own: ggml opens the next as it closes the last, and one
+            // that never closed must not hold up the next.
+            let carrying = Arc::clone(&carrying);
+            std::thread::spawn(move || carry(ggml, link, &carrying));
         }
     })?;
     let devices = ggml_rpc::add_server(&endpoint);

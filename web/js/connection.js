@@ -62,7 +62,9 @@ setInterval(async () => {
   if (health.error) {
     state.ready = false;
     updateComposer();
-    state.info = await api.info().catch(() => state.info);
+    // The workers' states are new; the rest of what the panel shows stays as it was loaded.
+    const info = await api.info().catch(() => null);
+    if (info?.workers) state.info.workers = info.workers;
     showModel();
     setStatus(health.error, true);
   }
