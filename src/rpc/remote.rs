@@ -386,3 +386,20 @@ fn local_address(fd: i32) -> Option<SocketAddr> {
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_specs_name_an_address_and_maybe_a_key() {
+        let spec: WorkerSpec = "pc2:50052@keys/pc2.pub".parse().unwrap();
+        assert_eq!((spec.address.as_str(), spec.key), ("pc2:50052", Some(PathBuf::from("keys/pc2.pub"))));
+        let spec: WorkerSpec = "[::1]:50052".parse().unwrap();
+        assert_eq!((spec.address.as_str(), spec.key), ("[::1]:50052", None));
+        for wrong in ["pc2", ":50052", "pc2:port", "pc2:70000@pc2.pub"] {
+            let error = wrong.parse::<WorkerSpec>().unwrap_err();
+            assert!(error.contains("expected HOST:PORT"), "{wrong}: {error}");
+        }
+    }
+}
