@@ -59,7 +59,9 @@ fn entry_point(name: &CStr) -> Result<*mut c_void, String> {
 
 /// The devices a worker lends: every GPU, or the CPU where there is none (what llama.cpp's rpc-server does).
 pub fn devices_to_lend() -> Vec<LocalDevice> {
-    let all: Vec<LocalDevice> = (0..unsafe { sys::ggml_backend_dev_count() })
+    // SAFETY: reads ggml's device registry, filled by `hardware::backends::load` before any of this runs.
+    let count = unsafe { sys::ggml_backend_dev_count() };
+    let all: Vec<LocalDevice> = (0..count)
         .map(|i| {
             // SAFETY: an index below ggml's device count; the handle is valid until exit.
             let handle = unsafe { sys::ggml_backend_dev_get(i) };
@@ -87,10 +89,13 @@ fn device(handle: sys::ggml_backend_dev_t) -> LocalDevice {
     unsafe { sys::ggml_backend_dev_memory(handle, &mut free, &mut total) };
     // SAFETY: as above.
     let kind = unsafe { sys::ggml_backend_dev_type(handle) };
+    // SAFETY: a valid device handle; the strings are the device's own.
+    let (name, description) =
+        unsafe { (sys::ggml_backend_dev_name(handle), sys::ggml_backend_dev_description(handle)) };
     LocalDevice {
         handle,
-        name: text(unsafe { sys::ggml_backend_dev_name(handle) }),
-        description: text(unsafe { sys::ggml_backend_dev_description(handle) }),
+        name: text(name),
+        description: text(description),
         memory_free: free as u64,
         memory_total: total as u64,
         is_gpu: kind == sys::GGML_BACKEND_DEVICE_TYPE_GPU || kind == sys::GGML_BACKEND_DEVICE_TYPE_IGPU,

@@ -19,17 +19,17 @@ use super::link::{self, Accepted, Identity};
 use crate::cli::{RunArgs, WorkerArgs};
 use crate::llama::rpc as ggml_rpc;
 
-/// Handshakes in progress at once; more connections wait for the kernel's queue. Each takes a thread for at
-/// most the handshake's 10 s, so a flood of silent connections costs little and ends by itself.
+/// Handshakes in progress at once; a connection beyond them is closed at once (one line says so). Each takes a
+/// thread for at most the handshake's 10 s, so a flood of silent connections costs little and ends by itself.
 const HANDSHAKES: usize = 64;
-/// How long a newly admitted instance waits for ggml's server to finish with the previous connection (the same
-/// instance opens a second one right after its first closes).
+/// How long a connection from the instance being served waits for that instance's previous one to end: it
+/// opens its second connection as it closes its first.
 const HANDOVER: Duration = Duration::from_secs(3);
 
 pub fn run(args: &WorkerArgs, run: &RunArgs) -> Result<()> {
     crate::hardware::backends::load(run.gpu).map_err(anyhow::Error::msg)?;
     if !ggml_rpc::available() {
-        bail!("stove worker: {}", ggml_rpc::unavailable());
+        bail!("worker: {}", ggml_rpc::unavailable());
     }
     let allowed: Vec<VerifyingKey> =
         args.allow_key.iter().map(|path| crate::signing::load_verifying_key(path)).collect::<Result<_>>()?;
