@@ -3,9 +3,10 @@
 # compiler and libclang (llama.cpp and its bindings), glslc, SPIR-V headers and the Vulkan loader (the Vulkan
 # module); with --test also Mesa's software Vulkan device (the GPU test), Chromium (the page's browser test),
 # qemu-user and binutils (the engine test runs the file on an emulated processor without AVX and reads its
-# libraries' needs), gdb (the sandbox test probes the running server from inside), and in a virtual environment
-# under ~/.cache/stove/venv the official `openai` and `anthropic` Python clients (the API tests) and the `gguf`
-# package (the template tests write models with other templates), and `pypdf` (the document tests lock a PDF).
+# libraries' needs), dosfstools and fusefat (a FAT32 stick, mounted without privileges), gdb (the sandbox test
+# probes the running server from inside), and in a virtual environment under ~/.cache/stove/venv the official
+# `openai` and `anthropic` Python clients (the API tests) and the `gguf` package (the template tests write
+# models with other templates), and `pypdf` (the document tests lock a PDF).
 # Installs only what is missing; uses sudo when not root.
 set -euo pipefail
 
@@ -28,6 +29,10 @@ if [[ "${1:-}" == --test ]]; then
   command -v readelf >/dev/null || need+=(binutils)
   # The sandbox test attaches to the running server and makes its threads try to open files and sockets.
   command -v gdb >/dev/null || need+=(gdb)
+  # The FAT32 stick test: a FAT32 image (dosfstools' mkfs.vfat) mounted through FUSE (fusefat), since the
+  # kernel's FAT driver needs privileges and is often not built.
+  [[ -x /usr/sbin/mkfs.vfat || -x /sbin/mkfs.vfat ]] || need+=(dosfstools)
+  command -v fusefat >/dev/null || need+=(fusefat)
   # scripts/llama-cpp-tools fetches llama.cpp's sdist (llama-server and published chat templates for the tests).
   command -v curl >/dev/null || need+=(curl)
 fi

@@ -4,6 +4,7 @@
 //! it is executable; default arguments are stored and checked; re-packing replaces the payload; a truncated
 //! copy fails with a clear message; an engine without a model says how to pack one; bad pack inputs leave no
 //! output; an interrupted pack or a full disk leaves nothing behind, a killed one the old file or the new one;
+//! a bundle too large for a FAT32 stick is refused before anything is written there;
 //! `info`, `chat -p` and `chat` on stdin work.
 
 mod common;
@@ -199,6 +200,85 @@ fn pack_stick_writes_the_bundle_and_a_readme_and_names_what_is_missing() {
     assert!(run(&["pack", "--engine-only", "-o", engine.to_str().unwrap()]).status.success());
     let twice = run(&[&args[..], &["--stick-engine", engine.to_str().unwrap()]].concat());
     assert!(stderr(&twice).contains("a second engine for linux-x86_64"), "{}", stderr(&twice));
+}
+
+/// A FAT32 file system mounted through FUSE (fusefat: the kernel's own FAT driver needs privileges to mount and
+/// is often not built), unmounted when dropped; `None`, said on stderr, on a machine without FUSE.
+struct Fat32 {
+    mount: std::path::PathBuf,
+}
+
+impl Fat32 {
+    fn mount(name: &str) -> Option<Fat32> {
+        if !std::path::Path::new("/dev/fuse").exists() {
+            eprintln!("skipped: this machine has no /dev/fuse, so no FAT32 file system can be mounted for the test");
+            return None;
+        }
+        let root = scratch().join(name);
+        let (image, mount) = (root.join("fat32.img"), root.join("mnt"));
+        fs::create_dir_all(&mount).unwrap();
+        fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+        // mkfs.vfat lives in /usr/sbin, which a test's PATH may lack.
+        let mkfs = ["/usr/sbin/mkfs.vfat", "/sbin/mkfs.vfat"].into_iter().find(|p| std::path::Path::new(p).exists());
+        let made = std::process::Command::new(mkfs.expect("mkfs.vfat (dosfstools; scripts/setup.sh --test)"))
+            .args(["-F", "32"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", stderr(&made));
+        // rw+: fusefat's writing (nothing is written in these tests, but a read-only mount would refuse earlier).
+        let mounted = std::process::Command::new("fusefat")
+            .args(["-o", "rw+"])
+            .arg(&image)
+            .arg(&mount)
+            .output()
+            .expect("fusefat (scripts/setup.sh --test installs it)");
+        assert!(mounted.status.success(), "{}", stderr(&mounted));
+        Some(Fat32 { mount })
+    }
+
+    fn entries(&self) -> Vec<String> {
+        fs::read_dir(&self.mount).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    }
+}
+
+impl Drop for Fat32 {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fusermount").arg("-u").arg(&self.mount).status();
+    }
+}
+
+#[test]
+fn a_bundle_too_large_for_a_fat32_stick_is_refused_before_anything_is_written() {
+    let Some(fat) = Fat32::mount("fat32") else { return };
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(mounts.contains(&format!("{} ", fat.mount.display())) && mounts.contains("fuse.fusefat"), "{mounts}");
+    // A model over 4 GiB: the real one with a sparse tail, which nothing reads before the refusal.
+    let big = scratch().join("fat32-model/Big.gguf");
+    fs::create_dir_all(big.parent().unwrap()).unwrap();
+    fs::copy(model(), &big).unwrap();
+    fs::OpenOptions::new().write(true).open(&big).unwrap().set_len(4608 << 20).unwrap();
+
+    let stick = fat.mount.join("stick");
+    let refused = run(&["pack", "--model", big.to_str().unwrap(), "--stick", stick.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    let message = stderr(&refused);
+    assert!(message.contains("is on a FAT32"), "{message}");
+    assert!(message.contains("cannot hold a file over 4 GiB") && message.contains("format the stick as exFAT"));
+    assert!(message.contains("--stick"), "{message}");
+    assert_eq!(fat.entries(), Vec::<String>::new(), "not even the stick's folder is made");
+
+    let out = fat.mount.join("Big.stove");
+    let refused = run(&["pack", "--model", big.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("is on a FAT32"), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("write it to another disk with -o"), "{}", stderr(&refused));
+    assert_eq!(fat.entries(), Vec::<String>::new(), "no partial file either");
+
+    // A bundle that fits passes the check: the small model gets as far as writing (which fusefat's
+    // experimental writing may then fail; the kernel's FAT driver writes it).
+    let small = run(&["pack", "--model", model().to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(!stderr(&small).contains("is on a FAT32"), "{}", stderr(&small));
 }
 
 #[test]

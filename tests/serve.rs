@@ -3,7 +3,8 @@
 //!
 //! Checks: /health turns 200; streamed and non-streamed completions give non-empty text, the same text for
 //! the same seed at temperature 0, with usage and finish_reason; the weights are file-backed pages of the
-//! bundle, not anonymous memory; a taken port moves to the next; SIGTERM stops it with status 0; a page packed with `--web` replaces the built-in one;
+//! bundle, not anonymous memory, also when a bare engine serves the bundle beside it (a stick); a taken port
+//! moves to the next; SIGTERM stops it with status 0; a page packed with `--web` replaces the built-in one;
 //! while the model loads, /health and the API answer 503 with the progress; `--browser` opens the printed URL;
 //! a quantized KV cache answers coherently and the memory plan shrinks with it.
 
@@ -143,6 +144,28 @@ fn the_weights_are_mapped_from_the_bundle_never_copied() {
         anon_mapped + model_size * 3 / 4 < anon_copied,
         "anonymous memory: {anon_mapped} mapped vs {anon_copied} copied, model {model_size}"
     );
+}
+
+#[test]
+fn a_bare_engine_maps_the_weights_from_the_bundle_beside_it() {
+    // A stick: a bare engine and a bundle in one folder; the engine serves the bundle, mapping its weights
+    // out of that file as the bundle itself would.
+    let stick = common::scratch().join("mapped-stick");
+    std::fs::create_dir_all(&stick).unwrap();
+    let engine = stick.join("stove-engine");
+    let packed = common::run(&["pack", "--engine-only", "-o", engine.to_str().unwrap()]);
+    assert!(packed.status.success(), "{}", String::from_utf8_lossy(&packed.stderr));
+    let beside = stick.join("SmolLM2.stove");
+    std::fs::hard_link(bundle(), &beside).or_else(|_| std::fs::copy(bundle(), &beside).map(drop)).unwrap();
+
+    let server = Server::start(&engine, &[]);
+    let (status, _) = server.chat(ask("Describe a stove."));
+    assert_eq!(status, 200);
+    let model_size = std::fs::metadata(common::model()).unwrap().len();
+    let (beside_rss, _) = memory_of(server.pid(), &beside);
+    assert!(beside_rss > model_size * 9 / 10, "only {beside_rss} bytes of the bundle beside it are resident");
+    let (engine_rss, _) = memory_of(server.pid(), &engine);
+    assert!(engine_rss < model_size / 10, "{engine_rss} bytes of the engine file are resident");
 }
 
 #[test]

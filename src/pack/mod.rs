@@ -24,6 +24,7 @@ use crate::signing;
 
 mod companions;
 mod engine;
+mod file_system;
 mod stick;
 use companions::{check_draft, check_projector_fits, projector_manifest, read_chat_template};
 pub(crate) use companions::{check_embedding_model, check_projector};
@@ -176,18 +177,20 @@ pub fn pack(options: &PackOptions) -> Result<Packed> {
         None => Vec::new(),
     };
 
+    // What will be written, within the archive's few kilobytes of headers.
+    let total = engine_len
+        + options.engine.files_len()
+        + span.len
+        + draft.as_ref().map_or(0, |(d, _)| d.len)
+        + embedding.as_ref().map_or(0, |(e, _)| e.len)
+        + mmproj.as_ref().map_or(0, |(p, _)| p.len);
+    file_system::check_fits(output_folder(&options.out).as_path(), total, "write it to another disk with -o")?;
     let temp = temporary_beside(&options.out)?;
     let write_context = || {
         format!(
             "while writing {} (if the disk is full, free at least {} MB there or choose another -o)",
             temp.path().display(),
-            (engine_len
-                + options.engine.files_len()
-                + span.len
-                + draft.as_ref().map_or(0, |(d, _)| d.len)
-                + embedding.as_ref().map_or(0, |(e, _)| e.len)
-                + mmproj.as_ref().map_or(0, |(p, _)| p.len))
-                >> 20
+            total >> 20
         )
     };
 
@@ -284,15 +287,20 @@ pub fn pack_engine_only(engine: &EngineSource, out: &Path) -> Result<u64> {
 
 /// A temporary file in `out`'s folder (so the final rename cannot cross file systems), removed unless persisted.
 fn temporary_beside(out: &Path) -> Result<tempfile::NamedTempFile> {
-    let out_dir = match out.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let out_dir = output_folder(out);
     tempfile::Builder::new()
         .prefix(".stove-pack-")
         .suffix(".partial")
         .tempfile_in(&out_dir)
         .with_context(|| format!("while creating a temporary file in {}", out_dir.display()))
+}
+
+/// The folder `out` is written in.
+fn output_folder(out: &Path) -> PathBuf {
+    match out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// What goes into the archive besides the model.

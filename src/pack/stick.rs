@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::engine::EngineSource;
-use super::{pack_engine_only, FAT32_LIMIT};
+use super::{file_system, pack_engine_only};
 use crate::cli::{PackArgs, RunArgs};
 
 /// A system a stick can start on: its name, the Rust targets of its engines, the engine file's name on the
@@ -93,17 +93,11 @@ fn plan(args: &PackArgs, bundle_target: &str) -> Result<Plan> {
 pub fn check(dir: &Path, args: &PackArgs, run: &RunArgs, engine: &EngineSource) -> Result<Plan> {
     let Some(model) = &run.model else { bail!("--stick needs the model to carry: add --model MODEL.gguf") };
     let plan = plan(args, &engine.target)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot make the folder {}", dir.display()))?;
     let model_size = std::fs::metadata(model).with_context(|| format!("cannot read {}", model.display()))?.len();
+    // At least this much; `pack` checks the whole again with the draft, embedding model and projector.
     let bundle_size = model_size + engine.files_len() + engine.launcher_len;
-    if bundle_size > FAT32_LIMIT && is_fat32(dir) {
-        bail!(
-            "{} is on a FAT32 file system, which cannot hold a file over 4 GiB, and the bundle will be {}: \
-             format the stick as exFAT (every system reads it) and pack again",
-            dir.display(),
-            crate::hardware::human_bytes(bundle_size)
-        );
-    }
+    file_system::check_fits(dir, bundle_size, "choose another folder with --stick")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot make the folder {}", dir.display()))?;
     Ok(plan)
 }
 
@@ -157,27 +151,4 @@ fn readme_text(bundle: &Path, bundle_system: &System, others: &[&System]) -> Str
          was changed: ./{name} verify\n"
     ));
     text
-}
-
-/// Whether `dir` is on FAT32 (or FAT16), which caps files at 4 GiB. Only Linux can tell here; elsewhere the
-/// warning after packing says it.
-fn is_fat32(dir: &Path) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        const MSDOS_SUPER_MAGIC: i64 = 0x4d44;
-        let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return false };
-        let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: a NUL-terminated path and a statfs struct the call fills.
-        if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
-            return false;
-        }
-        #[allow(clippy::unnecessary_cast)]
-        let kind = stat.f_type as i64;
-        kind == MSDOS_SUPER_MAGIC
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = dir;
-        false
-    }
 }
