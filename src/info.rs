@@ -17,7 +17,7 @@ pub fn run(args: &InfoArgs, run: &crate::cli::RunArgs) -> Result<()> {
     let kv_cache = crate::settings::kv_cache(run)?;
     hardware::backends::load(gpu).map_err(anyhow::Error::msg)?;
     // `--worker`: the plan below places layers on the workers' devices too, as serving would.
-    crate::rpc::remote::connect_all(&run.worker, run.identity.as_deref(), run.worker_optional)?;
+    crate::settings::Workers::from_run(run).connect()?;
     // `stove info FILE`, or the model `--model` names (as `serve` takes it), or this file.
     let path = match args.file.as_ref().or(run.model.as_ref()) {
         Some(path) => path.clone(),

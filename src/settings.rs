@@ -45,6 +45,11 @@ pub struct Workers {
 }
 
 impl Workers {
+    /// The workers `--worker`, `--identity` and `--worker-optional` name.
+    pub fn from_run(run: &RunArgs) -> Workers {
+        Workers { specs: run.worker.clone(), identity: run.identity.clone(), optional: run.worker_optional }
+    }
+
     /// Dials the workers and adds their devices (see `rpc::remote::connect_all`); after the backends load and
     /// before the sandbox.
     pub fn connect(&self) -> Result<()> {
@@ -100,11 +105,7 @@ impl Settings {
             sandbox: !run.no_sandbox,
             browser: (run.browser || run.no_browser).then_some(run.browser),
             verbose: run.verbose,
-            workers: Workers {
-                specs: run.worker.clone(),
-                identity: run.identity.clone(),
-                optional: run.worker_optional,
-            },
+            workers: Workers::from_run(run),
         })
     }
 }
