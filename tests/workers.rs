@@ -47,21 +47,19 @@ impl Worker {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start stove worker");
-        // ggml's own server prints lines of its own on standard output too; stove's says where it listens. The
-        // rest is read on, so the worker never writes to a closed pipe.
-        let mut address = None;
+        // The first line says where it listens (ggml's own server's banner, naming its loopback port, is kept
+        // out). The rest is read on, so the worker never writes to a closed pipe.
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        for line in stdout.by_ref() {
-            let line = line.unwrap();
-            if let Some(rest) = line.strip_prefix("stove worker: lending ") {
-                address = rest.rsplit(" on ").next().map(str::to_string);
-                break;
-            }
-        }
+        let first = stdout.next().and_then(Result::ok).unwrap_or_default();
+        let address = first.strip_prefix("stove worker: lending ").and_then(|rest| rest.rsplit(" on ").next());
+        let address = address.map(str::to_string);
         std::thread::spawn(move || stdout.for_each(drop));
         let Some(address) = address else {
             let output = child.wait_with_output().unwrap();
-            panic!("the worker never said where it listens: {}", String::from_utf8_lossy(&output.stderr));
+            panic!(
+                "the worker's first line is {first:?}, not where it listens: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         };
         let (tell, said) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();

@@ -7,6 +7,7 @@
 //! standard error and the worker goes on. ggml's server serves one instance at a time, so a second instance is
 //! turned away, told who is served.
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -55,6 +56,7 @@ pub fn run(args: &WorkerArgs, run: &RunArgs) -> Result<()> {
         bail!("this machine has no device ggml can lend");
     }
     let listener = TcpListener::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mut out = quiet_ggml();
     let ggml = start_ggml(args, run, &devices)?;
     let lent: Vec<String> = devices
         .iter()
@@ -75,8 +77,8 @@ pub fn run(args: &WorkerArgs, run: &RunArgs) -> Result<()> {
     }
     // Whoever started the worker may stop reading its output (a script that waits for the first line): the
     // worker goes on serving regardless.
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let _ = out.write_all(banner.as_bytes());
+    let _ = out.flush();
     let shared = Arc::new(Shared {
         identity,
         allowed,
@@ -149,6 +151,33 @@ fn serve(stream: TcpStream, peer: &str, shared: &Shared) {
         Ok(()) => eprintln!("worker: {peer} left"),
         Err(e) => eprintln!("worker: {peer} left: {e}"),
     }
+}
+
+/// ggml's RPC server prints a banner and a line per connection on standard output (`printf`), naming its loopback
+/// port as the endpoint, which is not the address main instances are to use; stove says the same things better
+/// (its banner, and a line per connection on standard error). So standard output goes to the null device from
+/// here on, and stove's banner to the real one, through a copy of it made first. ggml's errors, on standard
+/// error, still show.
+fn quiet_ggml() -> Box<dyn Write> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let null = std::fs::OpenOptions::new().write(true).open("/dev/null");
+        // SAFETY: plain descriptor calls: a copy of descriptor 1, owned from here on by the File made from it, and
+        // descriptor 1 replaced by the null device (dup2 leaves the opened one to be closed by its owner).
+        unsafe {
+            let copy = libc::dup(1);
+            if let (Ok(null), true) = (null, copy >= 0) {
+                if libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) >= 0 {
+                    return Box::new(std::fs::File::from(OwnedFd::from_raw_fd(copy)));
+                }
+            }
+            if copy >= 0 {
+                libc::close(copy);
+            }
+        }
+    }
+    Box::new(std::io::stdout())
 }
 
 /// Starts ggml's RPC server on a free loopback port, in a thread of its own, and waits until it accepts.
