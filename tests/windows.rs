@@ -1,0 +1,166 @@
+//! The Windows engine on a stick, under wine. Runs where `scripts/build-engine windows` has been run (it writes
+//! dist/stove-engine-x86_64-windows.exe, or STOVE_WINDOWS_ENGINE names one, and makes wine's prefix); elsewhere
+//! it says why it is skipped.
+//!
+//! Checks: a stick packed here with that engine holds the Linux bundle, `stove.exe` and a README naming it;
+//! `stove.exe` started with no model serves the bundle beside it, its weights mapped out of that file (wine
+//! carries a Windows file mapping onto the file itself, so /proc shows it), and answers over HTTP;
+//! `--require-signature` lets a signed bundle through and refuses an unsigned one in its place.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{run, scratch, Server};
+use serde_json::json;
+
+/// wine with the prefix `scripts/build-engine windows` made (it holds the DLL Rust programs need under wine 8).
+struct Wine {
+    engine: PathBuf,
+    prefix: PathBuf,
+}
+
+impl Wine {
+    fn find() -> Option<Wine> {
+        let engine = std::env::var_os("STOVE_WINDOWS_ENGINE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/stove-engine-x86_64-windows.exe"));
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+        let prefix = cache.join("stove/wine");
+        let wine_runs = Command::new("wine").arg("--version").output().is_ok_and(|o| o.status.success());
+        let why = if !engine.exists() {
+            format!("there is no Windows engine at {}", engine.display())
+        } else if !wine_runs {
+            "wine is not installed".into()
+        } else if !prefix.join("drive_c/windows").exists() {
+            format!("wine's prefix {} was not made", prefix.display())
+        } else {
+            return Some(Wine { engine, prefix });
+        };
+        eprintln!("skipped: {why}; `scripts/build-engine windows` builds the engine and sets wine up");
+        None
+    }
+
+    /// `program` (a Windows file) under wine, quietly.
+    fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new("wine");
+        command
+            .arg(program)
+            .env("WINEPREFIX", &self.prefix)
+            .env("WINEDEBUG", "-all")
+            .env("WINEDLLOVERRIDES", "mscoree,mshtml=");
+        command
+    }
+}
+
+impl Drop for Wine {
+    /// Ends what is left of wine's session for this prefix (its server lingers for a few seconds otherwise).
+    fn drop(&mut self) {
+        let _ = Command::new("wineserver").arg("-k").env("WINEPREFIX", &self.prefix).status();
+    }
+}
+
+/// How a Windows program under wine names a file of this machine: on drive Z:, the whole file system.
+fn windows_path(path: &Path) -> String {
+    format!("Z:{}", path.display()).replace('/', "\\")
+}
+
+/// The resident bytes of `file` mapped into the process running `program`, found by its command line (wine
+/// starts the Windows program in a process of its own).
+fn mapped_by(program: &Path, file: &Path) -> u64 {
+    let program = program.file_name().unwrap().to_string_lossy().into_owned();
+    let file = file.canonicalize().unwrap().display().to_string();
+    let mut most = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(&program) {
+            continue;
+        }
+        let Ok(smaps) = std::fs::read_to_string(entry.path().join("smaps")) else { continue };
+        let mut in_file = false;
+        let mut rss_kb = 0;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                in_file = line.trim_end().ends_with(&file);
+            } else if in_file && line.starts_with("Rss:") {
+                rss_kb += line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
+            }
+        }
+        most = most.max(rss_kb * 1024);
+    }
+    most
+}
+
+#[test]
+fn a_sticks_windows_engine_serves_and_maps_the_bundle_beside_it() {
+    let Some(wine) = Wine::find() else { return };
+    let keys = scratch().join("windows-stick-key");
+    assert!(run(&["keygen", "-o", keys.to_str().unwrap()]).status.success());
+    let stick = scratch().join("windows-stick");
+    let model = common::model();
+    let packed = run(&[
+        "pack",
+        "--model",
+        model.to_str().unwrap(),
+        "--stick",
+        stick.to_str().unwrap(),
+        "--stick-engine",
+        wine.engine.to_str().unwrap(),
+        "--sign",
+        keys.with_extension("key").to_str().unwrap(),
+    ]);
+    assert!(packed.status.success(), "{}", String::from_utf8_lossy(&packed.stderr));
+    let bundle_name = format!("{}.stove", model.file_stem().unwrap().to_string_lossy());
+    let mut names: Vec<String> =
+        std::fs::read_dir(&stick).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["README.txt", bundle_name.as_str(), "stove.exe"]);
+    let readme = std::fs::read_to_string(stick.join("README.txt")).unwrap();
+    assert!(readme.contains("double-click stove.exe (it serves"), "{readme}");
+    let windows_engine = stick.join("stove.exe");
+
+    // Asked a question with no model: the one beside it, checked against the required key.
+    let public = windows_path(&keys.with_extension("pub"));
+    let asked = wine
+        .command(&windows_engine)
+        .args(["chat", "--require-signature", &public, "--temperature", "0", "--max-tokens", "24"])
+        .args(["-p", "List the days of the week."])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&asked.stderr).into_owned();
+    assert!(asked.status.success(), "{said}");
+    let serving = said.lines().find(|line| line.contains("holds no model; serving")).unwrap_or_default();
+    assert!(serving.contains(&bundle_name), "{said}");
+    assert!(said.contains("verified, signed by the required key"), "{said}");
+    assert!(String::from_utf8_lossy(&asked.stdout).contains("Monday"), "{said}");
+
+    // Serving: the weights are pages of the bundle beside it, as when a bundle maps its own.
+    let mut serve = wine.command(&windows_engine);
+    serve.args(["--port", "0", "--no-browser", "--threads", "1"]);
+    let server = Server::launch(serve);
+    server.wait_healthy();
+    let (status, reply) = server.chat(json!({
+        "messages": [{ "role": "user", "content": "List the days of the week." }],
+        "temperature": 0,
+        "max_tokens": 24,
+    }));
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply["choices"][0]["message"]["content"].as_str().unwrap().contains("Monday"), "{reply}");
+    let model_size = std::fs::metadata(&model).unwrap().len();
+    let resident = mapped_by(&windows_engine, &stick.join(&bundle_name));
+    assert!(resident > model_size * 9 / 10, "only {resident} bytes of the bundle are mapped and resident");
+    drop(server);
+
+    // An unsigned bundle in its place: refused for want of a signature.
+    std::fs::remove_file(stick.join(&bundle_name)).unwrap();
+    common::pack(&stick.join(&bundle_name), &[]);
+    let refused =
+        wine.command(&windows_engine).args(["chat", "--require-signature", &public, "-p", "Hello"]).output().unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("is not signed, and --require-signature asks for a signature"), "{said}");
+}
