@@ -5,21 +5,28 @@
 //! Checks: a stick packed here with that engine holds the Linux bundle, `stove.exe` and a README naming it;
 //! `stove.exe` started with no model serves the bundle beside it, its weights mapped out of that file (wine
 //! carries a Windows file mapping onto the file itself, so /proc shows it), and answers over HTTP;
-//! `--require-signature` lets a signed bundle through and refuses an unsigned one in its place.
+//! `--require-signature` lets a signed bundle through and refuses an unsigned one in its place. The Windows
+//! engine as `stove worker` lends its processor to this machine's stove over the link: every layer placed there,
+//! the same greedy answer as this machine's alone.
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use common::{run, scratch, Server};
-use serde_json::json;
+use common::{client, run, scratch, Server};
+use serde_json::{json, Value};
 
 /// wine with the prefix `scripts/build-engine windows` made (it holds the DLL Rust programs need under wine 8).
+/// One test at a time: each ends wine's session for the prefix when done, which would end another's programs.
 struct Wine {
     engine: PathBuf,
     prefix: PathBuf,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Wine {
     fn find() -> Option<Wine> {
@@ -38,7 +45,8 @@ impl Wine {
         } else if !prefix.join("drive_c/windows").exists() {
             format!("wine's prefix {} was not made", prefix.display())
         } else {
-            return Some(Wine { engine, prefix });
+            let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            return Some(Wine { engine, prefix, _turn: turn });
         };
         eprintln!("skipped: {why}; `scripts/build-engine windows` builds the engine and sets wine up");
         None
@@ -56,10 +64,16 @@ impl Wine {
     }
 }
 
-impl Drop for Wine {
+impl Wine {
     /// Ends what is left of wine's session for this prefix (its server lingers for a few seconds otherwise).
-    fn drop(&mut self) {
+    fn end_session(&self) {
         let _ = Command::new("wineserver").arg("-k").env("WINEPREFIX", &self.prefix).status();
+    }
+}
+
+impl Drop for Wine {
+    fn drop(&mut self) {
+        self.end_session();
     }
 }
 
@@ -163,4 +177,62 @@ fn a_sticks_windows_engine_serves_and_maps_the_bundle_beside_it() {
     let said = String::from_utf8_lossy(&refused.stderr).into_owned();
     assert!(!refused.status.success(), "{said}");
     assert!(said.contains("is not signed, and --require-signature asks for a signature"), "{said}");
+}
+
+/// A greedy answer: the same on every run of the same model.
+fn greedy(server: &Server, prompt: &str) -> String {
+    let (status, body) = server.chat(json!({
+        "messages": [{ "role": "user", "content": prompt }],
+        "max_tokens": 40,
+        "temperature": 0,
+    }));
+    assert_eq!(status, 200, "{body}");
+    body["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_windows_worker_lends_its_processor_to_this_machine() {
+    let Some(wine) = Wine::find() else { return };
+    let model = common::model();
+    let model = model.to_str().unwrap();
+    let prompt = "Name three colours of the rainbow.";
+    let alone = Server::start(&common::engine(), &["--model", model]);
+    let expected = greedy(&alone, prompt);
+    drop(alone);
+
+    // On loopback a worker takes any key from this machine. Its first line says where it listens (ggml's own
+    // banner kept out).
+    let mut worker = wine
+        .command(&wine.engine)
+        .args(["worker", "--listen", "127.0.0.1:0", "--threads", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(worker.stdout.take().unwrap()).lines();
+    let first = stdout.next().and_then(Result::ok).unwrap_or_default();
+    std::thread::spawn(move || stdout.for_each(drop));
+    let stderr = worker.stderr.take().unwrap();
+    let said = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let address = first.strip_prefix("stove worker: lending CPU").and_then(|rest| rest.rsplit(" on ").next());
+    let Some(address) = address.map(str::to_string) else {
+        let _ = worker.kill();
+        panic!("the Windows worker's first line is {first:?}: {:?}", said.join().unwrap());
+    };
+
+    let server = Server::start(&common::engine(), &["--model", model, "--worker", &address]);
+    assert_eq!(greedy(&server, prompt), expected, "the same greedy answer as on this machine alone");
+    let info: Value = client().get(format!("{}/stove/info", server.url)).send().unwrap().json().unwrap();
+    let listed = &info["workers"][0];
+    assert_eq!(listed["state"], "connected", "{info}");
+    assert!(listed["bytes_sent"].as_u64().unwrap() > 1_000_000, "weights went to the worker: {info}");
+    let offload = &info["runtime"]["offload"];
+    assert_eq!(offload["layers"], offload["total_layers"], "every layer placed on the worker: {offload}");
+    drop(server);
+    let _ = worker.kill();
+    let _ = worker.wait();
+    wine.end_session();
+    let said = said.join().unwrap();
+    assert!(said.iter().any(|line| line.starts_with("worker: serving 127.0.0.1:")), "{said:?}");
 }

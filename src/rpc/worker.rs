@@ -157,27 +157,54 @@ fn serve(stream: TcpStream, peer: &str, shared: &Shared) {
 /// port as the endpoint, which is not the address main instances are to use; stove says the same things better
 /// (its banner, and a line per connection on standard error). So standard output goes to the null device from
 /// here on, and stove's banner to the real one, through a copy of it made first. ggml's errors, on standard
-/// error, still show.
+/// error, still show. The C runtime's descriptors are used on every system: on Windows, ggml's DLL prints
+/// through the same C runtime (msvcrt), whose `_dup2` onto descriptor 1 also sets the process's standard handle.
 fn quiet_ggml() -> Box<dyn Write> {
-    #[cfg(unix)]
-    {
-        use std::os::fd::{FromRawFd, OwnedFd};
-        let null = std::fs::OpenOptions::new().write(true).open("/dev/null");
-        // SAFETY: plain descriptor calls: a copy of descriptor 1, owned from here on by the File made from it, and
-        // descriptor 1 replaced by the null device (dup2 leaves the opened one to be closed by its owner).
-        unsafe {
-            let copy = libc::dup(1);
-            if let (Ok(null), true) = (null, copy >= 0) {
-                if libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) >= 0 {
-                    return Box::new(std::fs::File::from(OwnedFd::from_raw_fd(copy)));
-                }
-            }
-            if copy >= 0 {
-                libc::close(copy);
-            }
+    let null_device = if cfg!(windows) { c"NUL" } else { c"/dev/null" };
+    // SAFETY: plain descriptor calls on the C runtime's table: a copy of descriptor 1, owned from here on by the
+    // returned writer, and descriptor 1 replaced by the null device, whose own descriptor is then closed.
+    unsafe {
+        let copy = libc::dup(1);
+        let null = libc::open(null_device.as_ptr(), libc::O_WRONLY);
+        let quieted = copy >= 0 && null >= 0 && libc::dup2(null, 1) >= 0;
+        if null >= 0 {
+            libc::close(null);
+        }
+        if quieted {
+            return Box::new(Descriptor(copy));
+        }
+        if copy >= 0 {
+            libc::close(copy);
         }
     }
     Box::new(std::io::stdout())
+}
+
+/// Writes to a C runtime descriptor this process owns.
+struct Descriptor(libc::c_int);
+
+impl Write for Descriptor {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        // The C runtime's count is 32 bits on Windows; a banner is far shorter.
+        let len = bytes.len().min(1 << 20);
+        // SAFETY: the descriptor is open (owned by this value) and the buffer holds `len` bytes.
+        let written = unsafe { libc::write(self.0, bytes.as_ptr().cast(), len as _) };
+        if written < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(written as usize)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Descriptor {
+    fn drop(&mut self) {
+        // SAFETY: closed once, by its owner.
+        unsafe { libc::close(self.0) };
+    }
 }
 
 /// Starts ggml's RPC server on a free loopback port, in a thread of its own, and waits until it accepts.
