@@ -256,6 +256,32 @@ pub fn open_model(path: &Path) -> Result<ModelSource, BundleError> {
     }
 }
 
+/// The models in the folder of `exe`, an engine file carried beside them (as on a stick): the `.gguf`, `.stove`
+/// and `.exe` files there other than `exe` itself, each opened, sorted by path. Files that hold no model are left
+/// out; damaged ones are kept with their error (`verify` reports them, serving passes them by). Nothing is
+/// written there.
+pub fn models_beside(exe: &Path) -> Vec<(PathBuf, Result<ModelSource, BundleError>)> {
+    let folder = exe.parent().unwrap_or(Path::new("."));
+    let own = exe.canonicalize().ok();
+    let mut found: Vec<(PathBuf, Result<ModelSource, BundleError>)> = std::fs::read_dir(folder)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|path| {
+            let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+            matches!(extension.as_deref(), Some("gguf" | "stove" | "exe"))
+                && path.is_file()
+                && path.canonicalize().ok() != own
+        })
+        .filter_map(|path| match open_model(&path) {
+            Err(BundleError::NotAModel { .. }) => None,
+            opened => Some((path, opened)),
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
 impl Bundle {
     /// The projector this bundle carries, with what its manifest records of it.
     pub fn projector(&self) -> Option<ProjectorSource> {

@@ -35,27 +35,15 @@ pub fn model_source(run: &RunArgs, serving: bool) -> Result<(ModelSource, Vec<St
 }
 
 /// The model for an engine that holds none (an engine file carried on a stick beside the models): the one GGUF
-/// or bundle in its own folder, named on stderr; several are listed to choose from, on a page in the browser when
-/// serving with one to open (`chooser.rs`); none says how to get one. Only files named like models are opened
-/// (`.gguf`, `.stove`, `.exe`), and nothing is written there.
+/// or bundle in its own folder ([`bundle::models_beside`]), named on stderr; several are listed to choose from, on
+/// a page in the browser when serving with one to open (`chooser.rs`); none says how to get one.
 fn model_beside(exe: &Path, run: &RunArgs, serving: bool) -> Result<ModelSource> {
     let choose_in_browser = serving && !run.no_browser && (run.browser || double_clicked());
     let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "stove".into());
-    let folder = exe.parent().unwrap_or(Path::new("."));
-    let own = exe.canonicalize().ok();
-    let mut found: Vec<(PathBuf, ModelSource)> = std::fs::read_dir(folder)
-        .map(|entries| entries.flatten().map(|e| e.path()).collect::<Vec<_>>())
-        .unwrap_or_default()
+    let mut found: Vec<(PathBuf, ModelSource)> = bundle::models_beside(exe)
         .into_iter()
-        .filter(|path| {
-            let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-            matches!(extension.as_deref(), Some("gguf" | "stove" | "exe"))
-                && path.is_file()
-                && path.canonicalize().ok() != own
-        })
-        .filter_map(|path| bundle::open_model(&path).ok().map(|source| (path, source)))
+        .filter_map(|(path, opened)| opened.ok().map(|source| (path, source)))
         .collect();
-    found.sort_by(|a, b| a.0.cmp(&b.0));
     match found.len() {
         0 => anyhow::bail!(
             "this stove engine holds no model, and there is none beside it. Serve one with `{name} --model \

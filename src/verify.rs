@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::VerifyingKey;
@@ -307,7 +307,10 @@ fn check_engine_files(path: &Path, recorded_index: Option<&str>) -> Result<Vec<P
 pub fn run(args: &VerifyArgs) -> Result<u8> {
     let path = match &args.file {
         Some(path) => path.clone(),
-        None => crate::this_file()?,
+        None => match served_by_this_file()? {
+            Some(path) => path,
+            None => return Ok(EXIT_UNREADABLE),
+        },
     };
     let key = args.key.as_deref().map(signing::load_verifying_key).transpose()?;
     let bundle = match Bundle::find(&path) {
@@ -351,6 +354,38 @@ pub fn run(args: &VerifyArgs) -> Result<u8> {
     };
     println!("{}: {verdict}", path.display());
     Ok(code)
+}
+
+/// What `verify` with no file checks: this file; or, when it holds no model (an engine file on a stick), the
+/// bundle it serves from beside it, as serving would pick it (the only model there). Several there are listed
+/// to choose from (`None`: said on stderr; verify's exit code then says nothing was checked).
+fn served_by_this_file() -> Result<Option<PathBuf>> {
+    let exe = crate::this_file()?;
+    if !matches!(Bundle::find(&exe), Ok(None)) {
+        return Ok(Some(exe));
+    }
+    let beside = crate::bundle::models_beside(&exe);
+    let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "stove".into());
+    match beside.as_slice() {
+        [] => Ok(Some(exe)),
+        [(path, _)] => {
+            eprintln!("stove: this engine holds no model; verifying {}, the one it serves beside it", path.display());
+            Ok(Some(path.clone()))
+        }
+        several => {
+            let names: Vec<String> = several
+                .iter()
+                .map(|(path, _)| path.file_name().unwrap_or_default().to_string_lossy().into_owned())
+                .collect();
+            eprintln!(
+                "stove: this engine holds no model, and {} models are beside it: {}. Verify one with `{name} verify \
+                 NAME`",
+                names.len(),
+                names.join(", ")
+            );
+            Ok(None)
+        }
+    }
 }
 
 fn describe(signature: &SignatureStatus, required: Option<&VerifyingKey>) -> String {

@@ -182,6 +182,7 @@ fn pack_stick_writes_the_bundle_and_a_readme_and_names_what_is_missing() {
     assert_eq!(names, ["README.txt".to_string(), bundle_name.clone()]);
     let readme = fs::read_to_string(stick.join("README.txt")).unwrap();
     assert!(readme.contains(&format!("double-click {bundle_name}")), "{readme}");
+    assert!(readme.contains(&format!("./{bundle_name} verify")), "{readme}");
     let verified = run(&["verify", stick.join(&bundle_name).to_str().unwrap()]);
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
 

@@ -1,7 +1,8 @@
 //! Trusting a file: `stove verify` names the damaged part with an exit code scripts can use, `stove keygen`
 //! and `pack --sign` make signed bundles, and `--require-signature` refuses anything else at start; a signed
 //! file accounts for every byte (no added entry, comment, padding change or trailing bytes); on a signed USB stick
-//! a bare engine with `--require-signature` serves the bundle beside it only while it is signed and intact.
+//! a bare engine with `--require-signature` serves the bundle beside it only while it is signed and intact, and
+//! its `verify` checks that bundle.
 
 mod common;
 
@@ -267,6 +268,16 @@ fn a_signed_stick_serves_the_bundle_beside_the_engine_only_while_it_is_signed_an
     assert!(answer.status.success(), "{said}");
     assert!(said.contains("verified, signed by the required key"), "{said}");
     assert!(String::from_utf8_lossy(&answer.stdout).contains("Paris"), "{said}");
+    // `verify` on the engine checks the bundle it serves beside it, with the exit code of that check.
+    let verify_beside = || {
+        let output = Command::new(&engine).args(["verify", "--key", public.to_str().unwrap()]).output().unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.code().unwrap(), said)
+    };
+    let (code, said) = verify_beside();
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("verifying") && said.contains("the one it serves beside it"), "{said}");
+    assert!(said.contains("intact and validly signed"), "{said}");
 
     // The bundle beside it altered: refused, naming the damage; nothing served.
     let bundle = stick.join(format!("{}.stove", model.file_stem().unwrap().to_string_lossy()));
@@ -275,6 +286,9 @@ fn a_signed_stick_serves_the_bundle_beside_the_engine_only_while_it_is_signed_an
     let said = String::from_utf8_lossy(&altered.stderr).into_owned();
     assert!(!altered.status.success(), "{said}");
     assert!(said.contains("is damaged"), "{said}");
+    let (code, said) = verify_beside();
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("DAMAGED"), "{said}");
 
     // An unsigned bundle in its place: refused for want of a signature.
     std::fs::remove_file(&bundle).unwrap();
@@ -283,4 +297,12 @@ fn a_signed_stick_serves_the_bundle_beside_the_engine_only_while_it_is_signed_an
     let said = String::from_utf8_lossy(&unsigned.stderr).into_owned();
     assert!(!unsigned.status.success(), "{said}");
     assert!(said.contains("is not signed, and --require-signature asks for a signature"), "{said}");
+    let (code, said) = verify_beside();
+    assert_eq!(code, 3, "{said}");
+
+    // A second bundle beside the engine: verify lists both and checks neither.
+    std::fs::copy(&bundle, stick.join("another.stove")).unwrap();
+    let (code, said) = verify_beside();
+    assert_eq!(code, 2, "{said}");
+    assert!(said.contains("2 models are beside it") && said.contains("verify NAME"), "{said}");
 }

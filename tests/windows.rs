@@ -5,7 +5,7 @@
 //! Checks: a stick packed here with that engine holds the Linux bundle, `stove.exe` and a README naming it;
 //! `stove.exe` started with no model serves the bundle beside it, its weights mapped out of that file (wine
 //! carries a Windows file mapping onto the file itself, so /proc shows it), and answers over HTTP;
-//! `--require-signature` lets a signed bundle through and refuses an unsigned one in its place. The Windows
+//! `--require-signature` and `verify` let a signed bundle through and refuse an unsigned one in its place. The Windows
 //! engine as `stove worker` lends its processor to this machine's stove over the link: every layer placed there,
 //! the same greedy answer as this machine's alone.
 
@@ -135,6 +135,7 @@ fn a_sticks_windows_engine_serves_and_maps_the_bundle_beside_it() {
     assert_eq!(names, ["README.txt", bundle_name.as_str(), "stove.exe"]);
     let readme = std::fs::read_to_string(stick.join("README.txt")).unwrap();
     assert!(readme.contains("double-click stove.exe (it serves"), "{readme}");
+    assert!(readme.contains("stove.exe verify (Windows)"), "{readme}");
     let windows_engine = stick.join("stove.exe");
 
     // Asked a question with no model: the one beside it, checked against the required key.
@@ -151,6 +152,12 @@ fn a_sticks_windows_engine_serves_and_maps_the_bundle_beside_it() {
     assert!(serving.contains(&bundle_name), "{said}");
     assert!(said.contains("verified, signed by the required key"), "{said}");
     assert!(String::from_utf8_lossy(&asked.stdout).contains("Monday"), "{said}");
+    // `verify` checks the bundle it serves.
+    let verify = || wine.command(&windows_engine).args(["verify", "--key", &public]).output().unwrap();
+    let verified = verify();
+    let report = String::from_utf8_lossy(&verified.stdout).into_owned();
+    assert_eq!(verified.status.code(), Some(0), "{report}{}", String::from_utf8_lossy(&verified.stderr));
+    assert!(report.contains(&bundle_name) && report.contains("intact and validly signed"), "{report}");
 
     // Serving: the weights are pages of the bundle beside it, as when a bundle maps its own.
     let mut serve = wine.command(&windows_engine);
@@ -177,6 +184,7 @@ fn a_sticks_windows_engine_serves_and_maps_the_bundle_beside_it() {
     let said = String::from_utf8_lossy(&refused.stderr).into_owned();
     assert!(!refused.status.success(), "{said}");
     assert!(said.contains("is not signed, and --require-signature asks for a signature"), "{said}");
+    assert_eq!(verify().status.code(), Some(3), "verify: intact but not signed");
 }
 
 /// A greedy answer: the same on every run of the same model.

@@ -146,9 +146,19 @@ fn readme_text(bundle: &Path, bundle_system: &System, others: &[&System]) -> Str
         };
         text.push_str(&format!("  {:<60} {start} (it serves {name} beside it)\n", describe(system)));
     }
+    // Every engine file checks the bundle it serves, so each system has its own way to ask.
+    let mut checks = vec![format!("./{name} verify")];
+    checks.extend(others.iter().map(|system| {
+        if system.name.starts_with("windows") {
+            format!("{} verify (Windows)", system.file)
+        } else {
+            format!("./{} verify", system.file)
+        }
+    }));
     text.push_str(&format!(
         "\nIf the browser does not open, open http://127.0.0.1:8080/ yourself. To check that nothing on the stick\n\
-         was changed: ./{name} verify\n"
+         was changed, run in a terminal there: {}\n",
+        checks.join(", or ")
     ));
     text
 }
