@@ -135,7 +135,7 @@ fn a_sticks_windows_engine_serves_and_maps_the_bundle_beside_it() {
     assert_eq!(names, ["README.txt", bundle_name.as_str(), "stove.exe"]);
     let readme = std::fs::read_to_string(stick.join("README.txt")).unwrap();
     assert!(readme.contains("double-click stove.exe (it serves"), "{readme}");
-    assert!(readme.contains("stove.exe verify (Windows)"), "{readme}");
+    assert!(readme.contains("stove.exe verify") && readme.contains("Windows (x86-64)"), "{readme}");
     let windows_engine = stick.join("stove.exe");
 
     // Asked a question with no model: the one beside it, checked against the required key.

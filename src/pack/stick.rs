@@ -147,18 +147,22 @@ fn readme_text(bundle: &Path, bundle_system: &System, others: &[&System]) -> Str
         text.push_str(&format!("  {:<60} {start} (it serves {name} beside it)\n", describe(system)));
     }
     // Every engine file checks the bundle it serves, so each system has its own way to ask.
-    let mut checks = vec![format!("./{name} verify")];
-    checks.extend(others.iter().map(|system| {
-        if system.name.starts_with("windows") {
-            format!("{} verify (Windows)", system.file)
+    let mut checks = vec![(format!("./{name} verify"), describe(bundle_system))];
+    for system in others {
+        let command = if system.name.starts_with("windows") {
+            format!("{} verify", system.file)
         } else {
             format!("./{} verify", system.file)
-        }
-    }));
-    text.push_str(&format!(
+        };
+        checks.push((command, describe(system)));
+    }
+    let width = checks.iter().map(|(command, _)| command.len()).max().unwrap_or(0) + 2;
+    text.push_str(
         "\nIf the browser does not open, open http://127.0.0.1:8080/ yourself. To check that nothing on the stick\n\
-         was changed, run in a terminal there: {}\n",
-        checks.join(", or ")
-    ));
+         was changed, run in a terminal there:\n\n",
+    );
+    for (command, system) in checks {
+        text.push_str(&format!("  {command:<width$}{system}\n"));
+    }
     text
 }
