@@ -187,17 +187,6 @@ fn a_sticks_windows_engine_serves_and_maps_the_bundle_beside_it() {
     assert_eq!(verify().status.code(), Some(3), "verify: intact but not signed");
 }
 
-/// A greedy answer: the same on every run of the same model.
-fn greedy(server: &Server, prompt: &str) -> String {
-    let (status, body) = server.chat(json!({
-        "messages": [{ "role": "user", "content": prompt }],
-        "max_tokens": 40,
-        "temperature": 0,
-    }));
-    assert_eq!(status, 200, "{body}");
-    body["choices"][0]["message"]["content"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn a_windows_worker_lends_its_processor_to_this_machine() {
     let Some(wine) = Wine::find() else { return };
@@ -205,7 +194,7 @@ fn a_windows_worker_lends_its_processor_to_this_machine() {
     let model = model.to_str().unwrap();
     let prompt = "Name three colours of the rainbow.";
     let alone = Server::start(&common::engine(), &["--model", model]);
-    let expected = greedy(&alone, prompt);
+    let expected = alone.greedy(prompt);
     drop(alone);
 
     // On loopback a worker takes any key from this machine. Its first line says where it listens (ggml's own
@@ -230,7 +219,7 @@ fn a_windows_worker_lends_its_processor_to_this_machine() {
     };
 
     let server = Server::start(&common::engine(), &["--model", model, "--worker", &address]);
-    assert_eq!(greedy(&server, prompt), expected, "the same greedy answer as on this machine alone");
+    assert_eq!(server.greedy(prompt), expected, "the same greedy answer as on this machine alone");
     let info: Value = client().get(format!("{}/stove/info", server.url)).send().unwrap().json().unwrap();
     let listed = &info["workers"][0];
     assert_eq!(listed["state"], "connected", "{info}");

@@ -94,17 +94,6 @@ impl Drop for Worker {
     }
 }
 
-/// A greedy answer: the same on every run of the same model.
-fn greedy(server: &Server, prompt: &str) -> String {
-    let (status, body) = server.chat(json!({
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": 40,
-        "temperature": 0,
-    }));
-    assert_eq!(status, 200, "{body}");
-    body["choices"][0]["message"]["content"].as_str().unwrap().to_string()
-}
-
 fn info(server: &Server) -> Value {
     client().get(format!("{}/stove/info", server.url)).send().unwrap().json().unwrap()
 }
@@ -124,7 +113,7 @@ fn two_workers_take_every_layer_and_answer_as_this_machine_does() {
     let model = model.to_str().unwrap();
     let prompt = "Name three colours of the rainbow.";
     let alone = Server::start(&common::engine(), &["--model", model]);
-    let expected = greedy(&alone, prompt);
+    let expected = alone.greedy(prompt);
     drop(alone);
 
     let (main_key, main_pub) = keygen("main");
@@ -141,7 +130,7 @@ fn two_workers_take_every_layer_and_answer_as_this_machine_does() {
     one.wait_for("worker: serving");
     two.wait_for("worker: serving");
 
-    assert_eq!(greedy(&server, prompt), expected, "the same greedy answer as on this machine alone");
+    assert_eq!(server.greedy(prompt), expected, "the same greedy answer as on this machine alone");
     let info = info(&server);
     let listed = info["workers"].as_array().unwrap();
     assert_eq!(listed.len(), 2, "{info}");
@@ -229,7 +218,7 @@ fn strangers_garbage_and_silence_are_refused_and_the_worker_keeps_serving() {
     // The right key is served, while the silent peer is still connected.
     let server = Server::start(&common::engine(), &main_args(model, main_key.to_str().unwrap(), &[spec]));
     worker.wait_for("worker: serving");
-    assert!(!greedy(&server, "Say hello.").is_empty());
+    assert!(!server.greedy("Say hello.").is_empty());
     drop(silent);
 
     // A worker open to the network without a key it accepts does not start.
@@ -288,7 +277,7 @@ fn an_unreachable_worker_stops_the_start_unless_it_is_optional() {
     );
 
     let server = Server::start(&common::engine(), &["--model", model, "--worker", &address, "--worker-optional"]);
-    assert!(!greedy(&server, "Say hello.").is_empty());
+    assert!(!server.greedy("Say hello.").is_empty());
     assert_eq!(info(&server)["workers"].as_array().unwrap().len(), 0);
     let said = server.stop();
     assert!(said.contains(&format!("worker {address}: not used (--worker-optional)")), "{said}");
@@ -315,7 +304,7 @@ fn a_worker_killed_mid_answer_ends_it_with_an_error_and_the_server_stays_up() {
     let args = main_args(model, main_key.to_str().unwrap(), &spec);
     let server = Server::start(&common::engine(), &args);
     let prompt = "Say something about the sea.";
-    let expected = greedy(&server, prompt);
+    let expected = server.greedy(prompt);
     let first_transfer = info(&server)["workers"][0]["bytes_sent"].as_u64().unwrap();
     // The page's model panel shows the worker, what it holds, and that it is there.
     let page = page::Page::open(&server.url);
@@ -368,7 +357,7 @@ fn a_worker_killed_mid_answer_ends_it_with_an_error_and_the_server_stays_up() {
     let spec = [worker.spec(&worker_pub)];
     let args = main_args(model, main_key.to_str().unwrap(), &spec);
     let server = Server::start(&common::engine(), &args);
-    assert_eq!(greedy(&server, prompt), expected);
+    assert_eq!(server.greedy(prompt), expected);
     let second_transfer = info(&server)["workers"][0]["bytes_sent"].as_u64().unwrap();
     assert!(
         second_transfer + 10_000_000 < first_transfer,

@@ -276,6 +276,18 @@ impl Server {
         self.child.id()
     }
 
+    /// The greedy answer (temperature 0, 40 tokens at most) to one user message: the same on every run of the
+    /// same model, so two ways of running it can be compared word for word.
+    pub fn greedy(&self, prompt: &str) -> String {
+        let (status, body) = self.chat(serde_json::json!({
+            "messages": [{ "role": "user", "content": prompt }],
+            "max_tokens": 40,
+            "temperature": 0,
+        }));
+        assert_eq!(status, 200, "{body}");
+        body["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+    }
+
     /// POSTs a chat completion and returns (status, JSON body).
     pub fn chat(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
         let response = client().post(format!("{}/v1/chat/completions", self.url)).json(&body).send().expect("POST");
