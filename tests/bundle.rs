@@ -244,8 +244,14 @@ impl Fat32 {
 }
 
 impl Drop for Fat32 {
+    /// Unmounts with FUSE 2's or FUSE 3's tool, whichever fusefat's dependency brought (or umount, as root).
     fn drop(&mut self) {
-        let _ = std::process::Command::new("fusermount").arg("-u").arg(&self.mount).status();
+        for (tool, flag) in [("fusermount", "-u"), ("fusermount3", "-u"), ("umount", "-l")] {
+            let done = std::process::Command::new(tool).arg(flag).arg(&self.mount).status();
+            if done.is_ok_and(|status| status.success()) {
+                return;
+            }
+        }
     }
 }
 
