@@ -100,20 +100,8 @@ fn models_health_and_the_page_are_served() {
     assert_eq!(client().get(format!("{}/../../etc/passwd", server.url)).send().unwrap().status(), 404);
 }
 
-/// Sums a field over every mapping in /proc/PID/smaps whose path is `path`, and the process's anonymous memory.
+/// The resident bytes of `path`'s mappings in process `pid`, and the process's anonymous memory.
 fn memory_of(pid: u32, path: &std::path::Path) -> (u64, u64) {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let path = path.canonicalize().unwrap();
-    let mut in_bundle = false;
-    let mut bundle_rss_kb = 0;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            in_bundle = line.trim_end().ends_with(path.to_str().unwrap());
-        } else if in_bundle && line.starts_with("Rss:") {
-            bundle_rss_kb += line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
-        }
-    }
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
     let anon_kb = rollup
         .lines()
@@ -122,7 +110,7 @@ fn memory_of(pid: u32, path: &std::path::Path) -> (u64, u64) {
         .unwrap()
         .parse::<u64>()
         .unwrap();
-    (bundle_rss_kb * 1024, anon_kb * 1024)
+    (common::resident_bytes_of(pid, path), anon_kb * 1024)
 }
 
 #[test]

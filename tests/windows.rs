@@ -86,27 +86,12 @@ fn windows_path(path: &Path) -> String {
 /// starts the Windows program in a process of its own).
 fn mapped_by(program: &Path, file: &Path) -> u64 {
     let program = program.file_name().unwrap().to_string_lossy().into_owned();
-    let file = file.canonicalize().unwrap().display().to_string();
-    let mut most = 0;
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmdline).contains(&program) {
-            continue;
-        }
-        let Ok(smaps) = std::fs::read_to_string(entry.path().join("smaps")) else { continue };
-        let mut in_file = false;
-        let mut rss_kb = 0;
-        for line in smaps.lines() {
-            let first = line.split_whitespace().next().unwrap_or("");
-            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-                in_file = line.trim_end().ends_with(&file);
-            } else if in_file && line.starts_with("Rss:") {
-                rss_kb += line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
-            }
-        }
-        most = most.max(rss_kb * 1024);
-    }
-    most
+    let running = std::fs::read_dir("/proc").unwrap().flatten().filter_map(|entry| {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+        String::from_utf8_lossy(&cmdline).contains(&program).then_some(pid)
+    });
+    running.map(|pid| common::resident_bytes_of(pid, file)).max().unwrap_or(0)
 }
 
 #[test]
@@ -193,9 +178,7 @@ fn a_windows_worker_lends_its_processor_to_this_machine() {
     let model = common::model();
     let model = model.to_str().unwrap();
     let prompt = "Name three colours of the rainbow.";
-    let alone = Server::start(&common::engine(), &["--model", model]);
-    let expected = alone.greedy(prompt);
-    drop(alone);
+    let expected = Server::greedy_alone(prompt);
 
     // On loopback a worker takes any key from this machine. Its first line says where it listens (ggml's own
     // banner kept out).

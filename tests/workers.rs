@@ -112,9 +112,7 @@ fn two_workers_take_every_layer_and_answer_as_this_machine_does() {
     let model = common::model();
     let model = model.to_str().unwrap();
     let prompt = "Name three colours of the rainbow.";
-    let alone = Server::start(&common::engine(), &["--model", model]);
-    let expected = alone.greedy(prompt);
-    drop(alone);
+    let expected = Server::greedy_alone(prompt);
 
     let (main_key, main_pub) = keygen("main");
     let (one_key, one_pub) = keygen("one");

@@ -288,6 +288,13 @@ impl Server {
         body["choices"][0]["message"]["content"].as_str().unwrap().to_string()
     }
 
+    /// The greedy answer of the engine serving the default model on this machine alone: what other ways of
+    /// running it (on workers, on another system's engine) are compared with.
+    pub fn greedy_alone(prompt: &str) -> String {
+        let model = model();
+        Server::start(&engine(), &["--model", model.to_str().unwrap()]).greedy(prompt)
+    }
+
     /// POSTs a chat completion and returns (status, JSON body).
     pub fn chat(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
         let response = client().post(format!("{}/v1/chat/completions", self.url)).json(&body).send().expect("POST");
@@ -335,4 +342,22 @@ pub fn read_stream(response: reqwest::blocking::Response) -> (String, Vec<Value>
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The resident bytes of every mapping of `file` in process `pid` (from /proc/PID/smaps): how much of a file
+/// the process reads through mapped pages rather than copies. 0 when the process is gone or maps none of it.
+pub fn resident_bytes_of(pid: u32, file: &Path) -> u64 {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else { return 0 };
+    let file = file.canonicalize().unwrap().display().to_string();
+    let mut in_file = false;
+    let mut rss_kb = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            in_file = line.trim_end().ends_with(&file);
+        } else if in_file && line.starts_with("Rss:") {
+            rss_kb += line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
+        }
+    }
+    rss_kb * 1024
 }
